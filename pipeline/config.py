@@ -1,0 +1,91 @@
+"""One config object per stage: dataclass defaults < YAML file < CLI flags, saved as plain values."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pipeline.artifacts import atomic_write_text
+from pipeline.errors import PipelineError
+
+C = TypeVar("C")
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "parse error"
+        raise PipelineError(f"{path}: not valid YAML ({first})") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def resolve_config(
+    cls: type[C],
+    config_file: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> C:
+    """Build `cls` from its defaults, then the YAML file, then the non-None CLI overrides."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    sources: list[tuple[str, dict[str, Any]]] = []
+    if config_file:
+        sources.append((str(config_file), load_yaml(config_file)))
+    if overrides:
+        sources.append(("command line", {k: v for k, v in overrides.items() if v is not None}))
+    for origin, data in sources:
+        for key, value in data.items():
+            key = key.replace("-", "_")
+            if key not in fields:
+                raise PipelineError(
+                    f"{origin}: unknown config key '{key}'; known keys: {', '.join(sorted(fields))}"
+                )
+            values[key] = _coerce(cls, fields[key], value, origin)
+    return cls(**values)
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> Path:
+    return atomic_write_text(path, yaml.safe_dump(config_dict(cfg), sort_keys=False))
+
+
+def _coerce(cls: type, field: dataclasses.Field, value: Any, origin: str) -> Any:
+    """YAML and click already give typed values; this only checks them and fixes tuples/floats."""
+    hints = typing.get_type_hints(cls)
+    hint = hints.get(field.name)
+    base = typing.get_origin(hint) or hint
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if base in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        if value is None:
+            return None
+        hint, base = args[0], typing.get_origin(args[0]) or args[0]
+    try:
+        if base is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return float(value)
+        if base is int and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return int(value)
+        if base is bool and isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if base in (list, tuple) and isinstance(value, (list, tuple)):
+            return list(value) if base is list else tuple(value)
+        if base is dict and isinstance(value, dict):
+            return dict(value)
+    except ValueError:
+        raise PipelineError(f"{origin}: config key '{field.name}' expects {hint}, got {value!r}") from None
+    return value

@@ -1,0 +1,1 @@
+"""The data stage: raw competition files in, canonical arrays + meta.json + split out."""
