@@ -13,18 +13,18 @@ import click
 
 from pipeline.errors import PipelineError
 
-# command name -> "module:attribute" of its click.Command
+# command name -> ("module:attribute" of its click.Command, one-line help shown by --help)
 COMMANDS = {
-    "data": "pipeline.data.stage:command",
-    "info": "pipeline.info:command",
-    "train": "pipeline.train.stage:command",
-    "predict": "pipeline.predict:command",
-    "ensemble": "pipeline.ensemble:command",
-    "validate": "pipeline.submission:validate_command",
-    "submit": "pipeline.submit:command",
-    "sweep": "pipeline.sweep:command",
-    "report": "pipeline.report:command",
-    "compare": "pipeline.report:compare_command",
+    "data": ("pipeline.data.stage:command", "Prepare data/<competition>: raw files, arrays, meta.json, split."),
+    "info": ("pipeline.info:command", "Per-layer output shapes, parameters and MACs of a model."),
+    "train": ("pipeline.train.stage:command", "Train a model into checkpoints/<run>."),
+    "predict": ("pipeline.predict:command", "Val and test logits of a run, with TTA."),
+    "ensemble": ("pipeline.ensemble:command", "Blend runs' logits into predictions.csv."),
+    "validate": ("pipeline.submission:validate_command", "Check a predictions file against the sample submission."),
+    "submit": ("pipeline.submit:command", "Validate, then upload to Kaggle; every try goes in the ledger."),
+    "sweep": ("pipeline.sweep:command", "Grid or random search of training settings (Optuna)."),
+    "report": ("pipeline.report:command", "One self-contained HTML report of a run."),
+    "compare": ("pipeline.report:compare_command", "Overlay the curves of several runs and tabulate them."),
 }
 
 
@@ -33,11 +33,15 @@ class LazyGroup(click.Group):
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = COMMANDS.get(name)
-        if target is None:
+        if name not in COMMANDS:
             return None
-        module, attr = target.split(":")
+        module, attr = COMMANDS[name][0].split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # From the table above, so `--help` imports no stage (and no torch).
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
