@@ -36,8 +36,8 @@ CORE_SRC := pipeline/artifacts.py pipeline/config.py pipeline/errors.py pipeline
 DATA_SRC := $(CORE_SRC) $(wildcard pipeline/data/*.py)
 MODEL_SRC := $(CORE_SRC) $(wildcard pipeline/models/*.py) pipeline/checkpoint.py pipeline/runtime.py
 TRAIN_SRC := $(MODEL_SRC) $(wildcard pipeline/train/*.py pipeline/augment/*.py) $(CONFIG)
-PREDICT_SRC := $(MODEL_SRC) pipeline/predict.py pipeline/tta.py
-ENSEMBLE_SRC := $(CORE_SRC) pipeline/ensemble.py pipeline/submission.py
+PREDICT_SRC := $(MODEL_SRC) pipeline/predict.py pipeline/tta.py pipeline/run_outputs.py pipeline/data/dataset.py
+ENSEMBLE_SRC := $(CORE_SRC) pipeline/ensemble.py pipeline/submission.py pipeline/run_outputs.py
 
 # Parameters are inputs too: each stage's arguments live in a file rewritten only when they change.
 PARAMS_DIR := .make
@@ -95,7 +95,7 @@ info: $(VENV_STAMP) ## Per-layer params/MACs of MODEL
 
 demo: $(VENV_STAMP) ## The whole chain offline on scikit-learn's digits, ending in a dry-run submit
 	$(MAKE) --no-print-directory submit COMPETITION=digits MODEL=resnet20 EPOCHS=$(if $(filter command line,$(origin EPOCHS)),$(EPOCHS),15) \
-		RUN=digits-resnet20 SUBMISSION=submissions/digits-predictions.csv SUBMIT_ARGS=--dry-run
+		RUN=digits-resnet20 TTA=none SUBMISSION=submissions/digits-predictions.csv SUBMIT_ARGS=--dry-run
 
 smoke: $(VENV_STAMP) ## The chain on a 1,000-image subset of the shared CIFAR-10 bundle
 	@test -f $(SHARED_BUNDLE) || { echo "smoke: $(SHARED_BUNDLE) not found (the shared CIFAR-10 bundle)"; exit 1; }

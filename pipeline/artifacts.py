@@ -22,6 +22,12 @@ from pipeline.errors import PipelineError
 MANIFEST = "manifest.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -40,6 +46,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -105,6 +112,7 @@ def building_dir(final: str | os.PathLike) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.building."))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
         yield tmp
         if final.exists():
             old = final.with_name(f".{final.name}.old.{os.getpid()}")
@@ -148,8 +156,8 @@ def write_manifest(
     folder: str | os.PathLike,
     stage: str,
     *,
-    inputs: list[str | os.PathLike] = (),
-    outputs: list[str | os.PathLike] = (),
+    inputs: list[str | os.PathLike | dict[str, Any]] = (),
+    outputs: list[str | os.PathLike | dict[str, Any]] = (),
     config: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     started: float | None = None,
@@ -157,7 +165,10 @@ def write_manifest(
     name: str = MANIFEST,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """What made these files, from which inputs (with sha256s), how, and how long it took."""
+    """What made these files, from which inputs (with sha256s), how, and how long it took.
+
+    An input/output may be a path or an entry already made by file_entry (saves hashing twice).
+    """
     folder = Path(folder)
     manifest = {
         "stage": stage,
@@ -167,8 +178,11 @@ def write_manifest(
         "versions": versions(),
         "seed": seed,
         "config": config or {},
-        "inputs": [file_entry(p) for p in inputs],
-        "outputs": [file_entry(folder / p if not Path(p).is_absolute() else p, None) for p in outputs],
+        "inputs": [p if isinstance(p, dict) else file_entry(p) for p in inputs],
+        "outputs": [
+            p if isinstance(p, dict) else file_entry(folder / p if not Path(p).is_absolute() else p, None)
+            for p in outputs
+        ],
         "metrics": metrics or {},
         "wall_seconds": round(time.time() - started, 3) if started else None,
     }

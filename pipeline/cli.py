@@ -54,7 +54,8 @@ def cli(verbose: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="pipeline", standalone_mode=False)
+        # Without standalone mode click returns ctx.exit(n)'s code instead of exiting with it.
+        code = cli.main(args=argv, prog_name="pipeline", standalone_mode=False)
     except PipelineError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -66,3 +67,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    if isinstance(code, int) and code:
+        sys.exit(code)

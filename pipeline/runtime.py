@@ -26,10 +26,29 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> the fastest safe precision on `device`; other names pass through unchanged.
+
+    bf16 where the hardware computes in it (CUDA with bf16, else fp16; CPUs with AVX512-BF16/AMX).
+    On a CPU without native bf16, autocast emulates it: ResNet-20 trained ~5x slower than fp32 on
+    the AVX2 dev machine, so there "auto" means fp32.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:
+        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native_bf16 = False
+    return "bf16" if device.type == "cpu" and native_bf16 else "fp32"
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """torch.amp.autocast for bf16/fp16, a no-op for fp32."""
+    """torch.amp.autocast for bf16/fp16, a no-op for fp32 ("auto": see resolve_precision)."""
+    precision = resolve_precision(precision, device)
     if precision not in PRECISIONS:
-        raise PipelineError(f"unknown precision '{precision}'; choose from: {', '.join(PRECISIONS)}")
+        raise PipelineError(f"unknown precision '{precision}'; choose from: auto, {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext()

@@ -21,8 +21,10 @@ ACTIVATIONS.register("leaky_relu")(functools.partial(nn.LeakyReLU, 0.01))
 ACTIVATIONS.register("gelu")(nn.GELU)
 
 
-def make_act(name: str) -> nn.Module:
+def make_act(name: str, model: str | None = None) -> nn.Module:
     """A fresh activation module by name (`act=` option of the models); unknown names list the choices."""
+    if model is not None:
+        check_choice(model, "act", name, ACTIVATIONS.names())
     return ACTIVATIONS.get(str(name))()
 
 
@@ -118,7 +120,7 @@ class ConvNet(nn.Module):
         init: str = "default",
     ):
         super().__init__()
-        make_act(act)  # fail early, with the list of activations, on an unknown name
+        make_act(act, name)  # fail early, with the list of activations, on an unknown name
         dropout = check_dropout(name, dropout)
         h, w = spatial_size(name, in_chans, input_size)
         layers: list[nn.Module] = []

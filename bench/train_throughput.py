@@ -1,0 +1,94 @@
+"""ResNet-20 training img/s through the real train_one_epoch: precision x memory layout x loader path.
+
+    .venv/bin/python bench/train_throughput.py [--batch-size 128 --window 20 --windows 5] [--out FILE]
+
+Variants: fp32 / bf16 autocast, NCHW / channels_last, on the fast batched loader ("standard":
+crop + flip on the device) and on the per-sample albumentations loader ("lab", worker processes).
+Each is a TrainConfig run through build_trainer + train_one_epoch on random CIFAR-shaped uint8
+data (throughput does not depend on pixel values); one epoch of `window` steps is one timed window,
+and the figure is the median window after a warm-up epoch. Prints a markdown table and writes it
+to --out. On a shared CPU the spread (min-max) says how much to trust a figure.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from bench.timing import forever, windows_img_per_s  # noqa: E402
+from pipeline.artifacts import atomic_write_text  # noqa: E402
+from pipeline.augment import build_train_loader  # noqa: E402
+from pipeline.models import create_model  # noqa: E402
+from pipeline.runtime import resolve_device, resolve_precision  # noqa: E402
+from pipeline.train.config import TrainConfig  # noqa: E402
+from pipeline.train.engine import build_trainer, train_one_epoch  # noqa: E402
+
+MEAN, STD = [0.491, 0.482, 0.447], [0.247, 0.243, 0.261]  # CIFAR-10 train statistics
+VARIANTS = {  # name -> TrainConfig overrides
+    "fp32 NCHW standard": dict(precision="fp32", channels_last=False, augment="standard"),
+    "fp32 channels_last standard": dict(precision="fp32", channels_last=True, augment="standard"),
+    "bf16 NCHW standard": dict(precision="bf16", channels_last=False, augment="standard"),
+    "bf16 channels_last standard": dict(precision="bf16", channels_last=True, augment="standard"),
+    "fp32 NCHW lab (albumentations)": dict(precision="fp32", channels_last=False, augment="lab"),
+    "fp32 channels_last lab (albumentations)": dict(precision="fp32", channels_last=True, augment="lab"),
+}
+
+
+def measure(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, device: torch.device, args) -> dict:
+    loader = build_train_loader(images, labels, policy=cfg.augment, batch_size=cfg.batch_size, device=device,
+                                seed=0, workers=cfg.workers)
+    model = create_model("resnet20", num_classes=10, in_chans=3, input_size=(3, 32, 32)).to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    tr = build_trainer(cfg, model, steps_per_epoch=len(loader), num_classes=10, mean=MEAN, std=STD, device=device)
+
+    def epoch(n: int):
+        loader.set_epoch(n)
+        yield train_one_epoch(tr, loader, n)["samples"]
+
+    return windows_img_per_s(forever(epoch), device=device, warmup=1, window=1, windows=args.windows)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--window", type=int, default=20, help="training steps per timed window (one epoch)")
+    parser.add_argument("--windows", type=int, default=5)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME")
+    parser.add_argument("--workers", type=int, default=2, help="loader workers of the lab policy")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput.md"))
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    rng = np.random.default_rng(0)
+    n = args.window * args.batch_size
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.int64)
+    base = dataclasses.replace(TrainConfig(), model="resnet20", batch_size=args.batch_size, device=str(device),
+                               workers=args.workers)
+    lines = [f"ResNet-20 training on {device} ({platform.processor() or platform.machine()}, "
+             f"{torch.get_num_threads()} threads), batch {args.batch_size}, median of {args.windows} "
+             f"windows of {args.window} steps; default precision here: "
+             f"{resolve_precision(base.precision, device)}",
+             "", "| variant | img/s | min-max |", "|---|---:|---:|"]
+    print("\n".join(lines), flush=True)
+    for name in args.variants:
+        figures = measure(dataclasses.replace(base, **VARIANTS[name]), images, labels, device, args)
+        line = f"| {name} | {figures['img_per_s']:.0f} | {figures['min']:.0f}-{figures['max']:.0f} |"
+        lines.append(line)
+        print(line, flush=True)
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(args.out, text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Training and evaluation loaders: `build_train_loader(images, labels, policy=...)`, `build_eval_loader`.
+
+Loaders take canonical uint8 NHWC numpy arrays and yield uint8 NCHW tensors on the device (the
+training loop normalises them with runtime.to_model_input), so augmentation stays exact on bytes.
+
+Policies (POLICIES registry; each entry builds a TrainLoader):
+  none, standard (4-pixel zero-pad random crop + horizontal flip), standard+cutout
+      -> fast.FastTrainLoader: the dataset on the device, augmented in batches, no workers;
+  lab (albumentations), autoaugment, randaugment (torchvision v2)
+      -> albu.WorkerTrainLoader: per-sample augmentation in persistent DataLoader workers.
+Epoch order and DDP sharding are shared by both (see loaders.EpochPlan); call
+loader.set_epoch(epoch) before every epoch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.augment.albu import WorkerTrainLoader, lab_policy, torchvision_policy
+from pipeline.augment.fast import FastTrainLoader
+from pipeline.augment.loaders import EvalLoader, TrainLoader
+from pipeline.errors import PipelineError
+from pipeline.registry import Registry
+
+__all__ = ["POLICIES", "build_train_loader", "build_eval_loader", "TrainLoader", "EvalLoader"]
+
+POLICIES = Registry("augmentation policy")
+
+CROP_PAD = 4
+
+
+@POLICIES.register("none")
+def _none(images, labels, *, cutout, workers, **common) -> TrainLoader:
+    return FastTrainLoader(images, labels, **common)
+
+
+@POLICIES.register("standard")
+def _standard(images, labels, *, cutout, workers, **common) -> TrainLoader:
+    return FastTrainLoader(images, labels, pad=CROP_PAD, flip=True, **common)
+
+
+@POLICIES.register("standard+cutout")
+def _standard_cutout(images, labels, *, cutout, workers, **common) -> TrainLoader:
+    # 0 means the usual size: half the image side (16 on CIFAR-10, as in DeVries & Taylor).
+    size = cutout or images.shape[1] // 2
+    return FastTrainLoader(images, labels, pad=CROP_PAD, flip=True, cutout=size, **common)
+
+
+@POLICIES.register("lab")
+def _lab(images, labels, *, cutout, workers, **common) -> TrainLoader:
+    augment = lab_policy(images.shape[1], images.shape[2], pad=CROP_PAD)
+    return WorkerTrainLoader(images, labels, augment, workers=workers, **common)
+
+
+@POLICIES.register("autoaugment")
+def _autoaugment(images, labels, *, cutout, workers, **common) -> TrainLoader:
+    return WorkerTrainLoader(images, labels, torchvision_policy("autoaugment"), workers=workers, **common)
+
+
+@POLICIES.register("randaugment")
+def _randaugment(images, labels, *, cutout, workers, **common) -> TrainLoader:
+    return WorkerTrainLoader(images, labels, torchvision_policy("randaugment"), workers=workers, **common)
+
+
+def build_train_loader(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    policy: str = "standard",
+    batch_size: int = 128,
+    device: torch.device = torch.device("cpu"),
+    seed: int = 0,
+    drop_last: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 2,
+    cutout: int = 0,
+) -> TrainLoader:
+    """A shuffled, augmented TrainLoader for `policy`.
+
+    workers: DataLoader processes for the per-sample policies (0 = in this process, for debugging);
+    the batched policies ignore it. cutout: square size for "standard+cutout" (0 = half the image
+    side); any other policy with cutout > 0 is an error rather than a silently ignored setting.
+    """
+    build = POLICIES.get(policy)
+    if cutout and policy != "standard+cutout":
+        raise PipelineError(f"cutout={cutout} is only used by policy 'standard+cutout', not '{policy}'")
+    return build(images, labels, cutout=cutout, workers=workers, batch_size=batch_size,
+                 device=torch.device(device), seed=seed, drop_last=drop_last, rank=rank,
+                 world_size=world_size)
+
+
+def build_eval_loader(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    batch_size: int = 512,
+    device: torch.device = torch.device("cpu"),
+    rank: int = 0,
+    world_size: int = 1,
+) -> EvalLoader:
+    """Unaugmented batches in the data's order; with world_size > 1 see EvalLoader.indices."""
+    return EvalLoader(images, labels, batch_size=batch_size, device=torch.device(device),
+                      rank=rank, world_size=world_size)

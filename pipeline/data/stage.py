@@ -1,0 +1,246 @@
+"""`python -m pipeline data`: raw competition files -> data/<competition>/ (layout in dataset.py).
+
+Everything is built in a temp folder beside data/<competition> and renamed into place at the
+end, so a failed or interrupted run leaves the previous good folder as it was.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from pipeline.artifacts import atomic_write_json, building_dir, file_entry, write_manifest
+from pipeline.config import config_dict, resolve_config
+from pipeline.data.fetch import raw_entry
+from pipeline.data.images import channel_stats
+from pipeline.data.ingested import Ingested
+from pipeline.data.sources import SOURCES, FetchContext, ingest
+from pipeline.data.split import stratified_split, stratified_subset
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SUBMISSION = "sample_submission.csv"
+ANSWERS = "withheld/answers.csv"
+SPLIT = "split.npz"
+# --limit keeps a small test set too, for smoke runs of predict/submit.
+MIN_LIMITED_TEST = 100
+
+
+@dataclass
+class DataConfig:
+    competition: str = ""
+    source: str | None = None  # local folder/zip/tar or URL; default: the competition's built-in source
+    kaggle: str | None = None  # competition slug to download with the Kaggle API
+    test_source: str | None = None  # a course test pickle {data, ids} that replaces the test set
+    source_format: str = "auto"  # a name in sources.SOURCES, or auto-detect
+    classes: list[str] | None = None  # expected class names (in index order); other labels are errors
+    limit: int | None = None  # keep a stratified subset of this many training images
+    val_fraction: float = 0.1
+    seed: int = 0
+    data_root: str = "data"
+
+
+def check_config(cfg: DataConfig) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.competition or ""):
+        raise PipelineError(f"competition name '{cfg.competition}' must be letters, digits, '.', '_' or '-'")
+    if cfg.source_format != "auto":
+        SOURCES.get(cfg.source_format)
+    if cfg.limit is not None and cfg.limit < 1:
+        raise PipelineError(f"--limit must be at least 1, got {cfg.limit}")
+    if not 0 <= cfg.val_fraction < 1:
+        raise PipelineError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
+
+
+def run(cfg: DataConfig) -> dict[str, Any]:
+    """Build data/<competition>/ and return its meta.json content."""
+    started = time.time()
+    check_config(cfg)
+    root = Path(cfg.data_root)
+    final = root / cfg.competition
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".{cfg.competition}.work.") as work:
+        with building_dir(final) as out:
+            raw = out / "raw"
+            raw.mkdir()
+            ctx = FetchContext(
+                raw_dir=raw,
+                work_dir=Path(work),
+                reuse_dir=final / "raw" if (final / "raw").is_dir() else None,
+                classes=cfg.classes,
+            )
+            try:
+                data = ingest(
+                    ctx,
+                    cfg.competition,
+                    source=cfg.source,
+                    kaggle=cfg.kaggle,
+                    test_source=cfg.test_source,
+                    source_format=cfg.source_format,
+                )
+                meta = write_prepared(out, data, cfg, started)
+            finally:
+                ctx.close()
+    return meta
+
+
+@dataclass
+class Selected:
+    """The rows this run keeps (all, or what --limit keeps), decoded."""
+
+    arrays: dict[str, np.ndarray]  # train_images, train_labels, train_ids, test_images, test_ids
+    answers: np.ndarray | None  # withheld test labels, aligned with test_ids
+
+
+def select(data: Ingested, cfg: DataConfig) -> Selected:
+    """Choose the rows (a stratified --limit subset; the sample submission's first test rows) and decode them."""
+    if len(data.train) == 0:
+        raise PipelineError(f"{data.train.where}: no training images")
+    if len(data.test) == 0:
+        raise PipelineError(f"{data.test.where}: no test images")
+    if cfg.limit:
+        train_rows = stratified_subset(data.train.labels, cfg.limit, cfg.seed)
+        n_test = min(len(data.test), max(MIN_LIMITED_TEST, cfg.limit // 5))
+    else:
+        train_rows, n_test = np.arange(len(data.train)), len(data.test)
+    train_images = data.train.load(train_rows, None)
+    if train_images.ndim != 4 or train_images.shape[-1] not in (1, 3):
+        raise PipelineError(f"{data.train.where}: images have shape {train_images.shape[1:]}, expected H x W x 1 or 3")
+    test_images = data.test.load(np.arange(n_test), train_images.shape[1:])
+    if test_images.shape[1:] != train_images.shape[1:]:
+        raise PipelineError(
+            f"{data.test.where}: test images are {test_images.shape[1:]}, "
+            f"train images {train_images.shape[1:]} (H, W, C)"
+        )
+    arrays = {
+        "train_images": train_images,
+        "train_labels": data.train.labels[train_rows],
+        "train_ids": data.train.ids[train_rows],
+        "test_images": test_images,
+        "test_ids": data.test.ids[:n_test],
+    }
+    answers = data.test.labels[:n_test] if data.test.labels is not None else None
+    return Selected(arrays, answers)
+
+
+def write_prepared(out: Path, data: Ingested, cfg: DataConfig, started: float) -> dict[str, Any]:
+    """Write arrays, split, sample submission, answer key, meta.json and manifest.json into `out`."""
+    kept = select(data, cfg)
+    arrays, fmt = kept.arrays, data.submission
+    # Plain np.save: `out` is a temp folder renamed only when complete, so each file need not be atomic.
+    for name, array in arrays.items():
+        np.save(out / f"{name}.npy", array, allow_pickle=False)
+    train_idx, val_idx = stratified_split(arrays["train_labels"], cfg.val_fraction, cfg.seed)
+    np.savez(out / SPLIT, train_idx=train_idx, val_idx=val_idx)
+    n_test = len(arrays["test_ids"])
+    if data.sample_submission is not None:
+        sample = first_rows(data.sample_submission, n_test)
+    else:
+        sample = fmt.csv_text(arrays["test_ids"], np.zeros(n_test, np.int64), data.classes).encode()
+    (out / SAMPLE_SUBMISSION).write_bytes(sample)
+    outputs = [f"{name}.npy" for name in arrays] + [SPLIT, SAMPLE_SUBMISSION]
+    if kept.answers is not None:
+        (out / ANSWERS).parent.mkdir()
+        (out / ANSWERS).write_text(fmt.csv_text(arrays["test_ids"], kept.answers, data.classes))
+        outputs.append(ANSWERS)
+
+    mean, std = channel_stats(arrays["train_images"])
+    h, w, c = arrays["train_images"].shape[1:]
+    meta = {
+        "competition": cfg.competition,
+        "classes": data.classes,
+        "image_shape": [h, w, c],
+        "counts": {"all": len(arrays["train_ids"]), "train": len(train_idx), "val": len(val_idx), "test": n_test},
+        "class_counts": np.bincount(arrays["train_labels"], minlength=len(data.classes)).tolist(),
+        "mean": mean,
+        "std": std,
+        "split": {"file": SPLIT, "seed": cfg.seed, "val_fraction": cfg.val_fraction},
+        "submission": {
+            "file": SAMPLE_SUBMISSION,
+            "id_column": fmt.id_column,
+            "label_column": fmt.label_column,
+            "label_form": fmt.label_form,
+            "generated": data.sample_submission is None,
+        },
+        "withheld": ANSWERS if kept.answers is not None else None,
+        "limit": cfg.limit,
+        "source": data.details,
+        "raw_inputs": [raw_entry(p, out) for p in sorted((out / "raw").iterdir())],
+        "outputs": [file_entry(out / name, out) for name in outputs],
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(out / "meta.json", meta)
+    write_manifest(
+        out,
+        "data",
+        inputs=meta["raw_inputs"],
+        outputs=[*meta["outputs"], file_entry(out / "meta.json", out)],
+        config=config_dict(cfg),
+        metrics={"counts": meta["counts"], "mean": mean, "std": std},
+        started=started,
+        seed=cfg.seed,
+    )
+    meta["seconds"] = round(time.time() - started, 1)
+    return meta
+
+
+def first_rows(csv_bytes: bytes, n: int) -> bytes:
+    """The header and the first `n` non-blank rows of a CSV, bytes unchanged."""
+    lines = csv_bytes.splitlines(keepends=True)
+    kept, rows = lines[:1], 0
+    for line in lines[1:]:
+        if rows == n:
+            break
+        kept.append(line)
+        rows += bool(line.strip())
+    return b"".join(kept)
+
+
+def summary(meta: dict[str, Any], folder: Path) -> str:
+    counts = meta["counts"]
+    h, w, c = meta["image_shape"]
+    classes = meta["classes"]
+    shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+    fmt = " ".join(f"{v:.4f}" for v in meta["mean"]), " ".join(f"{v:.4f}" for v in meta["std"])
+    return "\n".join([
+        f"{folder}: {counts['all']} labelled ({counts['train']} train / {counts['val']} val), "
+        f"{counts['test']} test, {h}x{w}x{c}",
+        f"classes ({len(classes)}): {shown}",
+        f"mean {fmt[0]}  std {fmt[1]}",
+        f"done in {meta['seconds']:.1f} s",
+    ])
+
+
+@click.command("data")
+@click.option("--competition", help="Name of the competition; the output is DATA_ROOT/<competition>/.")
+@click.option("--source", help="Local folder/zip/tar or URL of the competition files.")
+@click.option("--kaggle", metavar="SLUG", help="Download the competition's files with the Kaggle API.")
+@click.option("--test-source", help="A course test pickle ({data, ids}) to use as the test set.")
+@click.option(
+    "--format", "source_format", type=click.Choice(["auto", *SOURCES.names()]), help="Source format (default: auto)."
+)
+@click.option("--classes", help="Comma-separated expected class names, in index order.")
+@click.option("--limit", type=int, help="Keep a stratified subset of N training images (smoke runs).")
+@click.option("--val-fraction", type=float, help="Fraction of training images held out for validation [0.1].")
+@click.option("--seed", type=int, help="Seed of the --limit subset and the validation split [0].")
+@click.option("--data-root", help="Folder holding prepared competitions [data].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of DataConfig keys.")
+def command(config_file: str | None, classes: str | None, **overrides: Any) -> None:
+    """Fetch a competition's raw files and write canonical arrays, split and meta.json.
+
+    Built in (no --source needed): cifar10 (the official python archive, MD5-checked),
+    fashion-mnist (torchvision's mirror), digits (scikit-learn's bundled copy, offline).
+    """
+    if classes is not None:
+        overrides["classes"] = [c.strip() for c in classes.split(",") if c.strip()]
+    cfg = resolve_config(DataConfig, config_file, overrides)
+    meta = run(cfg)
+    click.echo(summary(meta, Path(cfg.data_root) / cfg.competition))

@@ -1,0 +1,45 @@
+"""Small CNNs for quick baselines: simplenn, lenet5, cnn3, cnn4 (all on the shared ConvNet).
+
+Each builder only states its architecture as a feature spec plus FC widths; the FC input size
+follows from input_size, so the same model runs on 3x32x32, 1x28x28 and 1x32x32.
+"""
+from __future__ import annotations
+
+from pipeline.models import register_model
+from pipeline.models.layers import ConvNet
+
+
+@register_model("simplenn")
+def simplenn(*, num_classes, in_chans, input_size, bn: bool = False, act: str = "relu"):
+    """conv 5x5 -> 8, max pool, conv 3x3 -> 16, max pool, FC 120, 84, classes; no padding."""
+    return ConvNet("simplenn", [(8, 5), "M", (16, 3), "M"], hidden=(120, 84), bn=bn, act=act,
+                   num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+
+
+@register_model("lenet5")
+def lenet5(*, num_classes, in_chans, input_size, bn: bool = False, dropout: float = 0.0,
+           act: str = "relu"):
+    """LeNet-5 (LeCun et al. 1998) with max pools: conv 5x5 -> 6, pool, conv 5x5 -> 16, pool, FC 120, 84."""
+    return ConvNet("lenet5", [(6, 5), "M", (16, 5), "M"], hidden=(120, 84), bn=bn, act=act,
+                   dropout=dropout, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+
+
+@register_model("cnn3")
+def cnn3(*, num_classes, in_chans, input_size, dropout: float = 0.0):
+    """Three conv blocks (32, 64, 128: 3x3, BN, ReLU, 2x2 avg pool); FC 2048 -> 512 -> 128, BatchNorm1d."""
+    return ConvNet("cnn3", [32, "A", 64, "A", 128, "A"], padding=1, bn=True, hidden=(512, 128),
+                   fc_bn=True, dropout=dropout,
+                   num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+
+
+@register_model("cnn4")
+def cnn4(*, num_classes, in_chans, input_size, fc_bn: bool = False, extra_fc: bool = False,
+         dropout: float = 0.0):
+    """conv 32, 32, max pool, conv 64, 64, max pool (3x3, pad 1); FC 4096 -> 512 [-> 512] -> classes.
+
+    fc_bn: BatchNorm1d after the first FC layer; extra_fc: a second 512-wide FC layer.
+    """
+    hidden = (512, 512) if extra_fc else (512,)
+    fc_bns = (fc_bn,) + (False,) * (len(hidden) - 1)
+    return ConvNet("cnn4", [32, 32, "M", 64, 64, "M"], padding=1, hidden=hidden, fc_bn=fc_bns,
+                   dropout=dropout, num_classes=num_classes, in_chans=in_chans, input_size=input_size)

@@ -1,0 +1,55 @@
+"""`python -m pipeline report RUN` and `python -m pipeline compare RUN RUN...`.
+
+report writes <runs-dir>/RUN/report.html, one self-contained page (figures embedded as base64
+PNGs), and the same figures as PNGs in <runs-dir>/RUN/report/. compare overlays several runs'
+curves in one PNG and prints a markdown table of what differs between them.
+
+    runs.py      reading run folders (metrics.csv, config.yaml, epoch_<N>.pt), torch-free
+    context.py   one run's config, metrics, best model, data and val predictions, loaded lazily
+    sections.py  the page's sections, in order (add one with @section)
+    features.py  penultimate-layer features and t-SNE
+    page.py      the HTML page
+    build.py     runs the sections, writes the PNGs, the page and report/manifest.json
+    compare.py   `compare`
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("report")
+@click.argument("run")
+@click.option("--runs-dir", default="checkpoints", show_default=True, help="Where run folders live.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--tsne-points", type=click.IntRange(min=5), default=1000, show_default=True,
+              help="Val images in the t-SNE maps.")
+@click.option("--skip", multiple=True, metavar="SECTION",
+              help="Leave a section out (repeatable): curves, confusion, mistakes, augmented, weights, tsne, params.")
+def command(run: str, runs_dir: str, device: str, tsne_points: int, skip: tuple[str, ...]) -> None:
+    """Write RUN/report.html: curves, LR, confusion, mistakes, augmentations, weights, t-SNE, params."""
+    from pipeline.report.build import build_report
+    from pipeline.report.runs import find_run
+    from pipeline.runtime import resolve_device
+
+    run_dir = find_run(run, runs_dir)
+    result = build_report(run_dir, device=resolve_device(device), tsne_points=tsne_points, skip=skip)
+    for name, why in result.skipped.items():
+        click.echo(f"{name}: {why}")
+    click.echo(f"wrote {result.page} and {len(result.figures)} figures in {run_dir / 'report'} "
+               f"in {result.seconds:.1f}s")
+
+
+@click.command("compare")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--runs-dir", default="checkpoints", show_default=True, help="Where run folders live.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("compare.png"),
+              show_default=True, help="Overlay figure; the table also goes to the same name with .md.")
+def compare_command(runs: tuple[str, ...], runs_dir: str, out: Path) -> None:
+    """Overlay runs' val accuracy and train loss, and tabulate them (run, model, key config, best)."""
+    from pipeline.report.compare import compare_runs
+
+    table, figure = compare_runs(list(runs), runs_dir, out)
+    click.echo(table)
+    click.echo(f"wrote {figure} and {figure.with_suffix('.md')}")

@@ -1,0 +1,232 @@
+"""`python -m pipeline submit [FILE]`: validate, upload to Kaggle, record it in the ledger.
+
+Order of checks, cheapest first, so no daily submission is wasted: the file must pass `validate`
+against the sample submission; then credentials (before kaggle is imported); then Kaggle's
+GetSubmissionLimits must allow one more today; only then is the file uploaded. `--dry-run` stops
+before Kaggle and, when the data folder holds a withheld answer key (the digits demo), prints the
+file's local score against it.
+
+Every attempt, dry or real, adds a row to the ledger (submissions/ledger.csv, rewritten
+atomically): time, file and its sha256, competition, runs, val accuracy, message, status
+(dry-run | submitted | complete | failed: reason), Kaggle's submission ref, public score when
+known, local score for dry runs. `--wait` polls the submissions list until the score is ready
+and then updates the row.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from pipeline import kaggle_api
+from pipeline.artifacts import atomic_write_text, git_sha, read_json, sha256_file
+from pipeline.config import config_dict, resolve_config
+from pipeline.errors import PipelineError
+from pipeline.submission import (
+    read_table, report, resolve_references, score_against_answers, sidecar_path, validate_predictions,
+)
+
+log = logging.getLogger(__name__)
+
+LEDGER_FIELDS = ("time", "file", "file_sha256", "competition", "runs", "val_accuracy", "message",
+                 "status", "ref", "public_score", "local_score")
+
+
+@dataclass
+class SubmitConfig:
+    file: str = "submissions/predictions.csv"
+    competition: str | None = None  # Kaggle slug; default: meta.json's source.kaggle, else competition
+    message: str | None = None
+    data: str | None = None  # prepared data folder; default: from the file's ensemble manifest
+    dry_run: bool = False
+    wait: bool = False
+    wait_timeout: float = 900.0
+    poll_interval: float = 15.0
+    ledger: str = "submissions/ledger.csv"
+
+
+# ---- ledger ----------------------------------------------------------------------------------
+
+def read_ledger(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    if not path.is_file():
+        return list(LEDGER_FIELDS), []
+    header, rows = read_table(path)
+    fields = list(header or [])
+    fields += [f for f in LEDGER_FIELDS if f not in fields]
+    return fields, [dict(zip(header or [], values)) for _, values in rows if any(values)]
+
+
+def write_ledger(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    atomic_write_text(path, out.getvalue())
+
+
+def append_ledger(path: Path, row: dict[str, Any]) -> None:
+    fields, rows = read_ledger(path)
+    write_ledger(path, fields, rows + [row])
+
+
+def update_ledger(path: Path, match: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Update the last row whose values equal `match`'s."""
+    fields, rows = read_ledger(path)
+    for row in reversed(rows):
+        if all(row.get(k) == str(v) for k, v in match.items()):
+            row.update({k: "" if v is None else str(v) for k, v in changes.items()})
+            break
+    write_ledger(path, fields, rows)
+
+
+# ---- what is being submitted -----------------------------------------------------------------
+
+@dataclass
+class Provenance:
+    data_root: str | None
+    runs: list[str]
+    val_accuracy: float | None
+
+
+def provenance(file: Path, data: str | None) -> Provenance:
+    """Runs, val accuracy and data folder from the ensemble manifest beside `file`, if it matches."""
+    sidecar = sidecar_path(file)
+    if not sidecar.is_file():
+        return Provenance(data, [], None)
+    info = read_json(sidecar)
+    recorded = (info.get("predictions") or {}).get("sha256")
+    root = data or (info.get("data") or {}).get("root")
+    if recorded != sha256_file(file):
+        log.warning("%s changed since %s was written; its runs and val accuracy are not used", file, sidecar)
+        return Provenance(root, [], None)
+    return Provenance(root, list(info.get("runs") or []), info.get("val_accuracy"))
+
+
+def kaggle_slug(meta: dict[str, Any] | None) -> str | None:
+    if not meta:
+        return None
+    return (meta.get("source") or {}).get("kaggle") or meta.get("competition")
+
+
+def default_message(prov: Provenance) -> str:
+    parts = ["+".join(prov.runs) if prov.runs else "predictions"]
+    if prov.val_accuracy is not None:
+        parts.append(f"val acc {prov.val_accuracy:.4f}")
+    sha = git_sha()
+    if sha:
+        parts.append(f"git {sha[:10]}")
+    return " | ".join(parts)
+
+
+# ---- submitting ------------------------------------------------------------------------------
+
+def run_submit(cfg: SubmitConfig, echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
+    file, ledger = Path(cfg.file), Path(cfg.ledger)
+    if not file.is_file():
+        raise PipelineError(f"{file}: not found; run `python -m pipeline ensemble RUN...` first")
+    prov = provenance(file, cfg.data)
+    if prov.data_root is None:
+        raise PipelineError(f"{file}: no ensemble manifest beside it ({sidecar_path(file).name}); pass --data DIR")
+    sample, labels, meta = resolve_references(file, prov.data_root, None)
+    slug = cfg.competition or kaggle_slug(meta)
+    message = cfg.message or default_message(prov)
+    row: dict[str, Any] = {
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "file": str(file), "file_sha256": sha256_file(file), "competition": slug,
+        "runs": "+".join(prov.runs),
+        "val_accuracy": f"{prov.val_accuracy:.6f}" if prov.val_accuracy is not None else "",
+        "message": message,
+    }
+
+    problems = validate_predictions(file, sample, labels)
+    if problems:
+        echo(report(file, problems, len(sample.ids)))
+        append_ledger(ledger, {**row, "status": f"failed: invalid file ({len(problems)} problems)"})
+        raise PipelineError(f"{file}: not a valid submission ({len(problems)} problems above); nothing uploaded")
+
+    if cfg.dry_run:
+        local = _local_score(file, Path(prov.data_root), meta)
+        append_ledger(ledger, {**row, "status": "dry-run", "local_score": f"{local[0]:.6f}" if local else ""})
+        echo(f"dry run: {file} is valid ({len(sample.ids)} rows, sha256 {row['file_sha256'][:12]}); "
+             f"would submit to '{slug}' with message: {message}")
+        if local:
+            echo(f"local score against the withheld answers: {local[0]:.4f} ({local[1]} rows)")
+        return {**row, "status": "dry-run", "local_score": local[0] if local else None}
+
+    try:
+        limits = kaggle_api.submission_limits(slug)
+        if limits.num_allowed_now <= 0:
+            cap = "lifetime cap" if limits.limited_by_total else "daily limit"
+            raise PipelineError(f"'{slug}': submission {cap} reached ({limits.num_today} today, "
+                                f"{limits.num_total} in all); nothing uploaded, try again after the reset")
+        result = kaggle_api.submit_file(file, slug, message)
+    except PipelineError as e:
+        append_ledger(ledger, {**row, "status": f"failed: {e}"})
+        raise
+    except KeyboardInterrupt:
+        append_ledger(ledger, {**row, "status": "failed: interrupted (check kaggle.com before resubmitting)"})
+        raise
+    append_ledger(ledger, {**row, "status": "submitted", "ref": result.ref})
+    echo(f"submitted {file} to '{slug}' (ref {result.ref}): {message}")
+    echo(f"Kaggle: {result.message}; {max(limits.num_allowed_now - 1, 0)} submissions left today")
+    row.update(status="submitted", ref=result.ref)
+    if cfg.wait:
+        row.update(wait_for_score(cfg, slug, result.ref, message, {"time": row["time"], "ref": result.ref}, echo))
+    return row
+
+
+def wait_for_score(cfg: SubmitConfig, slug: str, ref: int, message: str, ledger_row: dict[str, Any],
+                   echo: Callable[[str], None]) -> dict[str, Any]:
+    """Poll until the submission is scored (ledger: complete + public score) or errors, or time runs out."""
+    ledger = Path(cfg.ledger)
+    deadline = time.monotonic() + cfg.wait_timeout
+    while True:
+        try:
+            found = kaggle_api.list_submissions(slug)
+        except PipelineError as e:
+            raise PipelineError(f"submitted (ref {ref}), but checking its score failed: {e}") from None
+        mine = next((s for s in found if (s.ref == ref if ref else s.description == message)), None)
+        if mine is not None and mine.status == "complete":
+            update_ledger(ledger, ledger_row, {"status": "complete", "public_score": mine.public_score})
+            echo(f"public score: {mine.public_score}")
+            return {"status": "complete", "public_score": mine.public_score}
+        if mine is not None and mine.status == "error":
+            reason = mine.error or "no reason given"
+            update_ledger(ledger, ledger_row, {"status": f"failed: scoring error: {reason}"})
+            raise PipelineError(f"Kaggle could not score submission {ref}: {reason}")
+        if time.monotonic() + cfg.poll_interval > deadline:
+            echo(f"no score after {cfg.wait_timeout:g}s; the submission is in (ref {ref}), check it later "
+                 f"on https://www.kaggle.com/competitions/{slug}/submissions")
+            return {}
+        time.sleep(cfg.poll_interval)
+
+
+def _local_score(file: Path, root: Path, meta: dict[str, Any] | None) -> tuple[float, int] | None:
+    answers = root / (meta or {}).get("withheld") if (meta or {}).get("withheld") else None
+    if answers is None or not answers.is_file():
+        return None
+    return score_against_answers(file, answers)
+
+
+@click.command("submit")
+@click.argument("file", required=False)
+@click.option("--competition", default=None, help="Kaggle competition slug [default: from meta.json].")
+@click.option("-m", "--message", default=None, help="Submission description [default: runs, val acc, git commit].")
+@click.option("--data", default=None, help="Prepared data folder [default: from FILE's ensemble manifest].")
+@click.option("--dry-run", is_flag=True, default=None, help="Validate and record, but do not upload.")
+@click.option("--wait", is_flag=True, default=None, help="Poll until Kaggle has scored the submission.")
+@click.option("--wait-timeout", type=float, default=None, help="Seconds to wait for the score [default: 900].")
+@click.option("--poll-interval", type=float, default=None, help="Seconds between polls [default: 15].")
+@click.option("--ledger", default=None, help="Ledger CSV [default: submissions/ledger.csv].")
+def command(**flags: Any) -> None:
+    """Validate FILE (default submissions/predictions.csv) and submit it to Kaggle."""
+    cfg = resolve_config(SubmitConfig, None, flags)
+    log.debug("submit config: %s", config_dict(cfg))
+    run_submit(cfg)

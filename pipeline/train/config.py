@@ -1,0 +1,103 @@
+"""TrainConfig: every knob of a training run, as plain values (defaults < YAML < CLI flags).
+
+The `help` metadata of each field becomes the help text of its CLI flag (see stage.py), so the
+flag list and this dataclass cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from pipeline.errors import PipelineError
+
+
+def _opt(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # what to train on, and what
+    data: str = _opt("data/digits", "Prepared data folder (written by `pipeline data`).")
+    competition: Optional[str] = _opt(None, "Expected competition name; checked against meta.json.")
+    model: str = _opt("resnet20", "Registered model name, or timm:<name>.")
+    model_opts: dict = _opt({}, "Model options (CLI: --model-opt key=value, repeatable).")
+    run: Optional[str] = _opt(None, "Run name; default <competition>-<model>.")
+    out_dir: str = _opt("checkpoints", "Folder that holds one sub-folder per run.")
+    # length and batches
+    epochs: int = _opt(30, "Number of epochs.")
+    batch_size: int = _opt(128, "Training batch size per process.")
+    eval_batch_size: int = _opt(512, "Validation batch size.")
+    # optimizer
+    optimizer: str = _opt("sgd", "Optimizer: sgd, adam, adamw, rmsprop, adagrad, adamax.")
+    lr: float = _opt(0.1, "Peak learning rate.")
+    momentum: float = _opt(0.9, "Momentum (sgd, rmsprop).")
+    nesterov: bool = _opt(False, "Nesterov momentum (sgd).")
+    betas: list = _opt([0.9, 0.999], "Adam-family betas (CLI: 0.9,0.999).")
+    eps: float = _opt(1e-8, "Adam/RMSprop/Adagrad epsilon.")
+    weight_decay: float = _opt(5e-4, "L2 weight decay (torch's coefficient: Keras l2(k) is 2k here).")
+    decay_bn_bias: bool = _opt(False, "Also decay BatchNorm and bias parameters (excluded by default).")
+    l1: float = _opt(0.0, "L1 penalty lambda * sum|w| added to the loss (weights only).")
+    # learning-rate schedule, stepped every iteration
+    schedule: str = _opt("onecycle", "LR schedule: onecycle, cosine, step, multistep, exponential, constant.")
+    warmup_epochs: float = _opt(0.0, "Linear warmup (epochs, may be fractional) before any schedule.")
+    pct_start: float = _opt(0.25, "onecycle: fraction of training spent rising to the peak lr.")
+    milestones: list = _opt([0.5, 0.75], "multistep: fractions of training where lr is x gamma (CLI: 0.5,0.75).")
+    gamma: float = _opt(0.1, "step/multistep: lr factor per decay; exponential: factor per epoch.")
+    step_epochs: float = _opt(10.0, "step: decay every this many epochs.")
+    min_lr: float = _opt(0.0, "cosine/onecycle: final learning rate.")
+    # loss and regularisation
+    label_smoothing: float = _opt(0.0, "Label smoothing of the cross entropy.")
+    mixup: float = _opt(0.0, "Mixup alpha (0 = off).")
+    cutmix: float = _opt(0.0, "CutMix alpha (0 = off).")
+    ema: float = _opt(0.0, "EMA decay of the weights (0 = off, e.g. 0.999); best.pt then follows the EMA.")
+    grad_clip: float = _opt(0.0, "Clip the gradient norm to this value (0 = off).")
+    early_stop_patience: int = _opt(0, "Stop after this many epochs without a better val accuracy (0 = off).")
+    # augmentation
+    augment: str = _opt("standard", "Augmentation policy (pipeline.augment.POLICIES).")
+    cutout: int = _opt(0, "Cutout square size for --augment standard+cutout (0 = half the image side).")
+    # speed
+    precision: str = _opt("auto", "Autocast precision: auto (bf16 where the hardware has it, else fp32 on "
+                                  "CPU / fp16 on old GPUs), bf16, fp16 (CUDA only) or fp32.")
+    channels_last: bool = _opt(True, "channels_last memory format for model and inputs.")
+    compile: bool = _opt(False, "torch.compile the model.")
+    workers: int = _opt(2, "Data-loader worker processes.")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
+    # reproducibility and bookkeeping
+    seed: int = _opt(0, "Seeds python, numpy, torch and the loader workers.")
+    deterministic: bool = _opt(False, "Deterministic algorithms only (slower on GPU).")
+    save_every: int = _opt(0, "Also keep epoch_<N>.pt every this many epochs (0 = off).")
+    resume: bool = _opt(False, "Continue the run from its last.pt.")
+    overwrite: bool = _opt(False, "Start the run afresh even if its folder holds checkpoints.")
+    log_every: int = _opt(20, "Refresh the progress bar (and check the loss is finite) every N steps.")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Out-of-range values as one-line errors before any work starts (names are checked by registries)."""
+    rules = [
+        ("epochs", cfg.epochs >= 1, "at least 1"),
+        ("batch_size", cfg.batch_size >= 1, "at least 1"),
+        ("eval_batch_size", cfg.eval_batch_size >= 1, "at least 1"),
+        ("lr", cfg.lr > 0, "positive"),
+        ("weight_decay", cfg.weight_decay >= 0, "non-negative"),
+        ("l1", cfg.l1 >= 0, "non-negative"),
+        ("min_lr", 0 <= cfg.min_lr <= cfg.lr, "between 0 and --lr"),
+        ("warmup_epochs", 0 <= cfg.warmup_epochs <= cfg.epochs, "between 0 and --epochs"),
+        ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
+        ("mixup", cfg.mixup >= 0, "non-negative"),
+        ("cutmix", cfg.cutmix >= 0, "non-negative"),
+        ("ema", 0 <= cfg.ema < 1, "0 (off) or a decay in (0, 1)"),
+        ("grad_clip", cfg.grad_clip >= 0, "non-negative"),
+        ("early_stop_patience", cfg.early_stop_patience >= 0, "non-negative"),
+        ("save_every", cfg.save_every >= 0, "non-negative"),
+        ("workers", cfg.workers >= 0, "non-negative"),
+        ("log_every", cfg.log_every >= 1, "at least 1"),
+        ("seed", cfg.seed >= 0, "non-negative"),
+    ]
+    for name, ok, expected in rules:
+        if not ok:
+            raise PipelineError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(cfg, name)}")
+    if cfg.resume and cfg.overwrite:
+        raise PipelineError("--resume and --overwrite contradict each other; pick one")

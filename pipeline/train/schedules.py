@@ -1,0 +1,96 @@
+"""Learning-rate schedules by name, as per-iteration multipliers of the peak lr.
+
+Each builder returns f(step) -> factor; build_scheduler wraps it (times an optional linear warmup)
+in a LambdaLR that the engine steps after every optimizer step. LambdaLR's state (last_epoch,
+base_lrs) is plain values, so it checkpoints and resumes exactly; the factor function itself is
+rebuilt from the config.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Callable
+
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.registry import Registry
+
+SCHEDULES = Registry("schedule")
+Factor = Callable[[int], float]
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+
+
+def lr_factor(cfg, steps_per_epoch: int) -> Factor:
+    if steps_per_epoch < 1:
+        raise PipelineError("no training steps per epoch: the training set is smaller than one batch")
+    total = cfg.epochs * steps_per_epoch
+    base = SCHEDULES.get(cfg.schedule)(cfg, steps_per_epoch, total)
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if warmup <= 0:
+        return base
+    # Linear warmup from 1/warmup of the lr, multiplied onto whatever the schedule says.
+    return lambda step: base(step) * min(1.0, (step + 1) / warmup)
+
+
+@SCHEDULES.register("constant")
+def constant(cfg, steps_per_epoch: int, total: int) -> Factor:
+    return lambda step: 1.0
+
+
+@SCHEDULES.register("step")
+def step_decay(cfg, steps_per_epoch: int, total: int) -> Factor:
+    """x gamma every `step_epochs` epochs (staircase), e.g. --gamma 0.96 --step-epochs 2."""
+    every = cfg.step_epochs * steps_per_epoch
+    if every <= 0:
+        raise PipelineError("--step-epochs must be positive for the step schedule")
+    return lambda step: cfg.gamma ** math.floor(step / every)
+
+
+@SCHEDULES.register("multistep")
+def multistep(cfg, steps_per_epoch: int, total: int) -> Factor:
+    """x gamma at each milestone, given as fractions of training (0.5, 0.75 = the ResNet paper)."""
+    if any(not 0.0 < m < 1.0 for m in cfg.milestones):
+        raise PipelineError(f"--milestones are fractions of training in (0, 1), got {list(cfg.milestones)}")
+    marks = sorted(round(m * cfg.epochs) * steps_per_epoch for m in cfg.milestones)
+    return lambda step: cfg.gamma ** bisect.bisect_right(marks, step)
+
+
+@SCHEDULES.register("exponential")
+def exponential(cfg, steps_per_epoch: int, total: int) -> Factor:
+    """x gamma per epoch, applied smoothly every iteration."""
+    return lambda step: cfg.gamma ** (step / steps_per_epoch)
+
+
+@SCHEDULES.register("cosine")
+def cosine(cfg, steps_per_epoch: int, total: int) -> Factor:
+    """Half a cosine from lr to min_lr over the steps after the warmup (set --warmup-epochs)."""
+    floor = cfg.min_lr / cfg.lr
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    span = max(1, total - warmup)
+    return lambda step: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, step - warmup) / span)))
+
+
+@SCHEDULES.register("onecycle")
+def onecycle(cfg, steps_per_epoch: int, total: int) -> Factor:
+    """Smith's one-cycle, step for step as torch's OneCycleLR (cos annealing, no momentum cycling):
+    lr/25 rising to lr until step pct_start*total - 1, then falling to min_lr at the last step."""
+    if not 0.0 < cfg.pct_start < 1.0:
+        raise PipelineError(f"--pct-start must be in (0, 1), got {cfg.pct_start}")
+    start, floor = 1 / 25, cfg.min_lr / cfg.lr
+    peak = max(0.0, cfg.pct_start * total - 1)
+    last = max(total - 1, peak + 1)
+
+    def factor(step: int) -> float:
+        if step <= peak and peak > 0:
+            return _cos_between(start, 1.0, step / peak)
+        return _cos_between(1.0, floor, min(1.0, (step - peak) / (last - peak)))
+
+    return factor
+
+
+def _cos_between(a: float, b: float, t: float) -> float:
+    return b + (a - b) * 0.5 * (1 + math.cos(math.pi * t))
