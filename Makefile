@@ -27,6 +27,8 @@ SUBMIT_ARGS ?=
 DATA_ROOT ?= data
 RUNS_DIR ?= checkpoints
 SUBMISSION ?= submissions/predictions.csv
+NAME ?= sweep
+GRID ?=
 SHARED_BUNDLE ?= ../shared/competitions/cifar10-jpg/cifar10-jpg.zip
 
 DATA_DIR := $(DATA_ROOT)/$(COMPETITION)
@@ -51,7 +53,7 @@ DATA_PARAMS = $(call params_file,data-$(COMPETITION).args,$(DATA_ARGS))
 TRAIN_PARAMS = $(call params_file,train-$(RUN).args,$(TRAIN_CMD_ARGS))
 PREDICT_PARAMS = $(call params_file,predict-$(RUN).args,$(PREDICT_ARGS))
 
-.PHONY: help venv data train predict ensemble submit validate demo smoke test bench quality info clean-demo
+.PHONY: help venv data train predict ensemble submit validate report sweep demo smoke test bench bench-models quality info zoo clean-demo
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -90,8 +92,20 @@ validate: $(SUBMISSION) ## Check predictions.csv against the sample submission
 submit: $(SUBMISSION) ## Validate and upload to Kaggle (SUBMIT_ARGS=--dry-run to rehearse)
 	$(PY) -m pipeline submit $(SUBMISSION) $(SUBMIT_ARGS)
 
+report: $(RUN_DIR)/manifest.json ## Self-contained HTML report of RUN (curves, confusion, t-SNE, ...)
+	$(PY) -m pipeline report $(RUN) --runs-dir $(RUNS_DIR)
+
+sweep: $(DATA_DIR)/meta.json ## Optuna sweep: NAME=lr-study CONFIG=configs/x.yaml GRID="--grid lr=0.1,0.01"
+	$(PY) -m pipeline sweep --name $(NAME) $(if $(CONFIG),--base-config $(CONFIG)) --set data=$(DATA_DIR) $(GRID)
+
 info: $(VENV_STAMP) ## Per-layer params/MACs of MODEL
 	$(PY) -m pipeline info --model $(MODEL)
+
+zoo: $(VENV_STAMP) ## Params/MACs of every registered model on 3x32x32 (the README table)
+	$(PY) -m pipeline info --zoo
+
+bench-models: $(VENV_STAMP) ## Forward+backward img/s of every model (batch 128)
+	$(PY) bench/model_throughput.py
 
 demo: $(VENV_STAMP) ## The whole chain offline on scikit-learn's digits, ending in a dry-run submit
 	$(MAKE) --no-print-directory submit COMPETITION=digits MODEL=resnet20 EPOCHS=$(if $(filter command line,$(origin EPOCHS)),$(EPOCHS),15) \

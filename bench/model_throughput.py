@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from bench.timing import windows_img_per_s  # noqa: E402
 from pipeline.artifacts import atomic_write_text  # noqa: E402
-from pipeline.info import markdown_table, parse_input_size, summarize  # noqa: E402
+from pipeline.info import markdown_table, natural_key, parse_input_size, summarize  # noqa: E402
 from pipeline.models import create_model, list_models  # noqa: E402
 from pipeline.runtime import autocast  # noqa: E402
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
 
     input_size = parse_input_size(args.input)
-    names = args.models or [n for n in list_models() if n != "timm"]
+    names = args.models or sorted((n for n in list_models() if n != "timm"), key=natural_key)
     device = torch.device("cpu")
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, *input_size, device=device)
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> str:
         print(f"{name}: {rows[-1][3]:,.1f} img/s", file=sys.stderr, flush=True)
 
     header = (
-        f"forward+backward, batch {args.batch_size} x {args.input}, {args.precision} autocast, "
+        f"forward+backward, batch {args.batch_size} x {args.input}, "
+        f"{args.precision + ' autocast' if args.precision != 'fp32' else 'fp32 (no autocast)'}, "
         f"{'channels_last' if args.channels_last else 'contiguous'}, median of {args.steps} steps "
         f"after {args.warmup} warm-up; torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}"

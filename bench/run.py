@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import platform
 import sys
 from pathlib import Path
@@ -25,10 +24,11 @@ from bench.timing import forever, windows_img_per_s  # noqa: E402
 from pipeline.artifacts import atomic_write_json, versions  # noqa: E402
 from pipeline.augment import build_train_loader  # noqa: E402
 from pipeline.models import create_model  # noqa: E402
-from pipeline.runtime import autocast, normalizer, resolve_device, to_model_input  # noqa: E402
+from pipeline.predict import view_logits  # noqa: E402
+from pipeline.runtime import resolve_device  # noqa: E402
 from pipeline.train.config import TrainConfig  # noqa: E402
 from pipeline.train.engine import build_trainer, train_one_epoch  # noqa: E402
-from pipeline.tta import TTA_LEVELS, apply_view, level_views  # noqa: E402
+from pipeline.tta import TTA_LEVELS, level_views  # noqa: E402
 
 MEAN, STD = [0.491, 0.482, 0.447], [0.247, 0.243, 0.261]  # CIFAR-10 train statistics
 
@@ -76,37 +76,34 @@ def bench_pipeline(images, labels, device, args, **overrides) -> dict:
     return figures
 
 
-@torch.inference_mode()
 def bench_inference(images, device, args, precision: str, channels_last: bool) -> dict:
-    """Eval-mode img/s for each TTA level (every view is one forward pass, as predict runs them)."""
-    model = resnet20(device, channels_last).eval()
-    scale, shift = normalizer(MEAN, STD, device)
-    batch = torch.from_numpy(images[: args.eval_batch_size]).permute(0, 3, 1, 2).contiguous().to(device)
+    """img/s of predict's own batched, autocast, inference-mode loop for each TTA level."""
+    model = resnet20(device, channels_last)
+    batch = images[: args.eval_batch_size * args.infer_window]
     results = {}
     for level in TTA_LEVELS.names():
         views = level_views(level)
 
         def steps():
             while True:
-                with autocast(device, precision):
-                    for view in views:
-                        model(to_model_input(apply_view(batch, view), scale, shift, channels_last))
-                yield batch.shape[0]
+                view_logits(model, batch, views, mean=MEAN, std=STD, device=device, precision=precision,
+                            batch_size=args.eval_batch_size, channels_last=channels_last)
+                yield len(batch)
 
-        results[level] = windows_img_per_s(steps(), device=device, warmup=2, window=args.infer_window,
-                                           windows=args.windows)
+        results[level] = windows_img_per_s(steps(), device=device, warmup=1, window=1, windows=args.windows)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--eval-batch-size", type=int, default=512)
+    parser.add_argument("--eval-batch-size", type=int, default=256)
     parser.add_argument("--window", type=int, default=15, help="training steps per timed window")
-    parser.add_argument("--infer-window", type=int, default=4, help="inference batches per timed window")
+    parser.add_argument("--infer-window", type=int, default=2, help="inference batches per timed window")
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--skip-variant", action="append", default=[], help="e.g. pipeline_bf16_channels_last")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -129,13 +126,19 @@ def main() -> None:
         show("naive torchvision loop (fp32)", train["naive_fp32_nchw"])
     train["pipeline_default"] = bench_pipeline(images, labels, device, args)
     show("pipeline default path", train["pipeline_default"])
-    variants = {"pipeline_fp32_nchw": dict(precision="fp32", channels_last=False)}
+    variants = {
+        "pipeline_fp32_nchw": dict(precision="fp32", channels_last=False),
+        "pipeline_fp32_channels_last": dict(precision="fp32", channels_last=True),
+        "pipeline_bf16_channels_last": dict(precision="bf16", channels_last=True),
+        "pipeline_albumentations_lab": dict(augment="lab"),
+    }
     if device.type == "cuda":
         variants.update({
             "pipeline_fp16_channels_last": dict(precision="fp16", channels_last=True),
-            "pipeline_bf16_channels_last": dict(precision="bf16", channels_last=True),
             "pipeline_bf16_channels_last_compile": dict(precision="bf16", channels_last=True, compile=True),
         })
+    for name in args.skip_variant:
+        variants.pop(name, None)
     for name, overrides in variants.items():
         train[name] = bench_pipeline(images, labels, device, args, **overrides)
         show(name.replace("_", " "), train[name])

@@ -168,7 +168,7 @@ def zoo_summary(input_size: Sequence[int] = (3, 32, 32), num_classes: int = 10) 
     from pipeline.models import create_model, list_models, model_options
 
     entries = []
-    for name in sorted((n for n in list_models() if n != "timm"), key=_natural_key):
+    for name in sorted((n for n in list_models() if n != "timm"), key=natural_key):
         model = create_model(name, num_classes=num_classes, in_chans=input_size[0], input_size=input_size)
         totals = summarize(model, input_size)["totals"]
         entries.append({"model": name, "options": model_options(name),
@@ -195,7 +195,7 @@ def _shape_str(shape: Sequence[int]) -> str:
     return "x".join(str(s) for s in shape)
 
 
-def _natural_key(name: str):
+def natural_key(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 

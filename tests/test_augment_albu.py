@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.augment import build_train_loader
-from pipeline.augment.albu import AlbumentationsAugmenter, torchvision_policy
+from pipeline.augment.albu import AlbumentationsAugmenter, autoaugment_policy
 
 
 def tiny(n=16, size=12, chans=3):
@@ -70,7 +70,7 @@ def test_same_sample_same_epoch_is_augmented_alike_whatever_its_batch_or_rank():
 
 
 def test_torchvision_policy_leaves_the_global_random_stream_alone():
-    augment = torchvision_policy("autoaugment")
+    augment = autoaugment_policy()
     image = tiny(n=1)[0][0]
     torch.manual_seed(0)
     expected = torch.rand(3)

@@ -146,7 +146,7 @@ def test_same_seed_same_batches_other_epoch_or_seed_different(policy):
     assert not same(reference, batches(policy, seed=2, epoch=2))
 
 
-def test_two_ranks_see_each_sample_once_with_different_augmentation():
+def test_two_ranks_see_each_sample_once_in_equal_numbers_of_batches():
     per_rank = [batches("standard", seed=4, epoch=1, rank=r, world_size=2) for r in range(2)]
     labels = torch.cat([y for rank in per_rank for _, y in rank]).tolist()
     assert sorted(labels) == list(range(32))

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -168,8 +167,9 @@ class FakeTrainer:
     def __call__(self, cfg, on_epoch_end=None):
         run_dir = Path(cfg.out_dir) / cfg.run
         history = logbook.read_metrics(run_dir) if cfg.resume else []
-        if not cfg.resume and (run_dir / "last.pt").exists():
-            raise PipelineError(f"{run_dir}: already holds last.pt")
+        held = [name for name in ("last.pt", "best.pt") if (run_dir / name).exists()]
+        if held and not (cfg.resume or cfg.overwrite):  # as the engine refuses
+            raise PipelineError(f"{run_dir}: already holds {', '.join(held)}")
         call = len(self.calls)
         self.calls.append((cfg.run, cfg.resume, len(history) + 1))
         if self.fail_if(cfg):
@@ -180,6 +180,7 @@ class FakeTrainer:
             history.append({"epoch": epoch, "train_loss": 1.0 / epoch, "train_acc": acc, "val_loss": 1.0 / epoch,
                             "val_acc": acc, "lr": cfg.lr, "seconds": 0.5, "img_per_s": 100.0})
             logbook.write_metrics(run_dir, history, plot=False)
+            (run_dir / "best.pt").write_bytes(b"epoch %d" % epoch)  # val_acc rises every epoch
             (run_dir / "last.pt").write_bytes(b"epoch %d" % epoch)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, history[-1])
@@ -237,6 +238,18 @@ def test_interrupted_sweep_resumes_the_open_trial_and_runs_only_the_rest(tmp_pat
     assert len({(r["lr"], r["weight_decay"]) for r in rows}) == 4
     assert len(list((tmp_path / "runs").iterdir())) == 4
     assert len(_table(tmp_path)) == 4
+
+
+def test_trial_killed_before_its_first_last_pt_starts_afresh(tmp_path):
+    first = FakeTrainer(interrupt_at=(0, 1))
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(_spec(tmp_path, grid={"lr": [0.1, 0.2]}), sweeps_dir=tmp_path / "sweeps", train_fn=first)
+    run = first.calls[0][0]
+    (tmp_path / "runs" / run / "last.pt").unlink()  # killed between epoch 1's best.pt and last.pt
+    second = FakeTrainer()
+    rows = run_sweep(_spec(tmp_path, grid={"lr": [0.1, 0.2]}), sweeps_dir=tmp_path / "sweeps", train_fn=second)
+    assert second.calls[0] == (run, False, 1)
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
 
 
 def test_trial_of_a_dead_process_is_taken_over_but_a_live_ones_is_not(tmp_path):

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
 from helpers_train import TINY_MODEL, make_prepared
 from pipeline.cli import cli, main
 from pipeline.config import resolve_config
+from pipeline.errors import PipelineError
 from pipeline.models import MODELS
-from pipeline.train.config import TrainConfig
+from pipeline.runtime import resolve_precision
+from pipeline.train.config import TrainConfig, check_config
 from pipeline.train.stage import command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,3 +83,22 @@ def test_shipped_configs_resolve_and_name_real_models():
     assert (paper.optimizer, paper.lr, paper.momentum, paper.weight_decay) == ("sgd", 0.1, 0.9, 1e-4)
     assert (paper.schedule, paper.milestones, paper.gamma) == ("multistep", [0.5, 0.75], 0.1)
     assert (paper.epochs, paper.batch_size) == (182, 128)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"epochs": 0}, "--epochs must be at least 1, got 0"),
+    ({"ema": 1.0}, "--ema must be 0 (off) or a decay in (0, 1), got 1.0"),
+    ({"label_smoothing": 1.0}, "--label-smoothing must be in [0, 1)"),
+    ({"min_lr": 0.5, "lr": 0.1}, "--min-lr must be between 0 and --lr"),
+    ({"resume": True, "overwrite": True}, "--resume and --overwrite contradict"),
+])
+def test_out_of_range_values_are_refused_before_any_work(overrides, message):
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        check_config(TrainConfig(**overrides))
+
+
+def test_auto_precision_is_a_real_precision_and_names_pass_through():
+    cpu = torch.device("cpu")
+    assert TrainConfig().precision == "auto"
+    assert resolve_precision("auto", cpu) in ("fp32", "bf16")  # never fp16 on a CPU
+    assert [resolve_precision(p, cpu) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]

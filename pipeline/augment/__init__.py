@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.augment.albu import WorkerTrainLoader, lab_policy, torchvision_policy
+from pipeline.augment.albu import WorkerTrainLoader, autoaugment_policy, lab_policy, randaugment_policy
 from pipeline.augment.fast import FastTrainLoader
 from pipeline.augment.loaders import EvalLoader, TrainLoader
 from pipeline.errors import PipelineError
@@ -54,12 +54,12 @@ def _lab(images, labels, *, cutout, workers, **common) -> TrainLoader:
 
 @POLICIES.register("autoaugment")
 def _autoaugment(images, labels, *, cutout, workers, **common) -> TrainLoader:
-    return WorkerTrainLoader(images, labels, torchvision_policy("autoaugment"), workers=workers, **common)
+    return WorkerTrainLoader(images, labels, autoaugment_policy(), workers=workers, **common)
 
 
 @POLICIES.register("randaugment")
 def _randaugment(images, labels, *, cutout, workers, **common) -> TrainLoader:
-    return WorkerTrainLoader(images, labels, torchvision_policy("randaugment"), workers=workers, **common)
+    return WorkerTrainLoader(images, labels, randaugment_policy(), workers=workers, **common)
 
 
 def build_train_loader(

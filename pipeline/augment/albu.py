@@ -62,17 +62,22 @@ class AlbumentationsAugmenter:
         # transform its own copy of the same stream, so their p-draws would be identical.
         self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         out = self.transform(image=image)["image"]
+        # reshape: keep the (H, W, 1) of grayscale images should a transform return (H, W).
         return torch.from_numpy(out.reshape(image.shape)).permute(2, 0, 1)
 
 
-def torchvision_policy(name: str) -> Augmenter:
+def autoaugment_policy() -> Augmenter:
+    """AutoAugment's CIFAR-10 policy (the one searched on small images)."""
     from torchvision.transforms import v2
 
-    if name == "autoaugment":
-        transform = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
-    else:
-        transform = v2.RandAugment(num_ops=2, magnitude=9)
-    return TorchvisionAugmenter(transform)
+    return TorchvisionAugmenter(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
+
+
+def randaugment_policy() -> Augmenter:
+    """RandAugment with the paper's N=2 operations at magnitude 9."""
+    from torchvision.transforms import v2
+
+    return TorchvisionAugmenter(v2.RandAugment(num_ops=2, magnitude=9))
 
 
 class TorchvisionAugmenter:
@@ -96,7 +101,7 @@ class AugmentedImages(Dataset):
     """Map-style dataset keyed by (index, epoch); fetches whole batches via __getitems__."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, augment: Augmenter, seed: int):
-        self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
+        self.images, self.labels = np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64)
         self.augment, self.seed = augment, seed
 
     def __len__(self) -> int:

@@ -87,7 +87,7 @@ class FastTrainLoader:
         self.pad, self.flip, self.cutout = pad, flip, cutout
         self.size = tuple(images.shape[1:3])
         self.epoch = 0
-        nchw_view = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
+        nchw_view = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
         self.sources = crop_sources(nchw_view, pad, mirror=flip)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
 

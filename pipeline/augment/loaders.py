@@ -144,7 +144,7 @@ class EvalLoader:
         self.batch_size = batch_size
         self.num_samples = hi - lo
         # One copy of the shard on the device; batches are contiguous views of it.
-        self.images = nhwc_to_nchw(images[lo:hi]).to(device)
+        self.images = nhwc_to_nchw(np.ascontiguousarray(images[lo:hi])).to(device)
         self.labels = None if labels is None else torch.from_numpy(
             np.ascontiguousarray(labels[lo:hi], dtype=np.int64)).to(device)
 

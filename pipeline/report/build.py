@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.artifacts import atomic_write_bytes, atomic_write_text, building_dir, write_manifest
+from pipeline.artifacts import atomic_write_bytes, atomic_write_text, building_dir, file_entry, write_manifest
 from pipeline.errors import PipelineError
 from pipeline.report import page, runs
 from pipeline.report.context import RunContext
@@ -52,13 +52,16 @@ def build_report(run_dir: Path, *, device, tsne_points: int = 1000, skip: tuple[
         log.info("report %s: %s in %.1fs%s", ctx.name, name, timings[name], f" ({sec.note})" if sec.note else "")
         built.append((name, title, sec))
 
+    if all(sec.note and not sec.figures for _, _, sec in built):
+        raise PipelineError(f"{run_dir}: nothing to report; {built[0][0]}: {built[0][2].note}" if built
+                            else "every report section was skipped")
     figures_dir = run_dir / FIGURES_DIR
     figures = [(name, png) for _, _, sec in built for name, png in sec.figures.items()]
     with building_dir(figures_dir) as tmp:  # the previous report stays intact until this one is complete
         for name, png in figures:
             atomic_write_bytes(tmp / name, png)
         inputs = [p for p in (run_dir / "best.pt", run_dir / "metrics.csv") if p.is_file()]
-        write_manifest(tmp, "report", inputs=inputs, outputs=[name for name, _ in figures],
+        write_manifest(tmp, "report", inputs=inputs, outputs=[file_entry(tmp / name, tmp) for name, _ in figures],
                        config={"run": str(run_dir), "tsne_points": tsne_points, "skip": skip},
                        metrics={"section_seconds": timings}, started=started)
     html = page.render(ctx.name, _summary(ctx), built, ctx.config, FIGURES_DIR)

@@ -47,7 +47,7 @@ def section(name: str, title: str) -> Callable[[SectionFn], SectionFn]:
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            text = f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+            text = f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
         elif isinstance(value, int) and not isinstance(value, bool):
             text = f"{value:,}"
         else:

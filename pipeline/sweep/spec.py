@@ -64,9 +64,8 @@ def check_key(key: str, flag: str) -> None:
         raise PipelineError(f"{flag} '{key}': give single options as model_opts.<name>")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     if key not in fields:
-        raise PipelineError(
-            f"{flag} '{key}': unknown key; known: {', '.join(sorted(fields))}, model_opts.<name>"
-        )
+        known = sorted(fields - set(RESERVED_KEYS) - {"model_opts"})
+        raise PipelineError(f"{flag} '{key}': unknown key; known: {', '.join(known)}, model_opts.<name>")
 
 
 def parse_grid(items: tuple[str, ...] | list[str]) -> dict[str, list[Any]]:
@@ -202,7 +201,8 @@ class SweepSpec:
         return dists
 
 
-def trial_config(spec: SweepSpec, params: dict[str, Any], run: str | None, resume: bool = False):
+def trial_config(spec: SweepSpec, params: dict[str, Any], run: str | None, resume: bool = False,
+                 overwrite: bool = False):
     """One trial's TrainConfig: defaults < --base-config < --set < the trial's params."""
     from pipeline.config import load_yaml, resolve_config
     from pipeline.train.config import TrainConfig
@@ -212,7 +212,7 @@ def trial_config(spec: SweepSpec, params: dict[str, Any], run: str | None, resum
     opts = {k[len(MODEL_OPT):]: v for k, v in values.items() if k.startswith(MODEL_OPT)}
     file_values = load_yaml(spec.base_config) if spec.base_config else {}
     model_opts = {**(file_values.get("model_opts") or {}), **opts}
-    overrides = {**top, "model_opts": model_opts, "run": run, "resume": resume}
+    overrides = {**top, "model_opts": model_opts, "run": run, "resume": resume, "overwrite": overwrite}
     if spec.out_dir:
         overrides["out_dir"] = spec.out_dir
     cfg = resolve_config(TrainConfig, spec.base_config, overrides)

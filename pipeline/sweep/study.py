@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from pipeline.artifacts import atomic_write_text, write_manifest
+from pipeline.artifacts import atomic_write_text, file_entry, write_manifest
 from pipeline.errors import PipelineError
 from pipeline.sweep import results
 from pipeline.sweep.spec import SweepSpec, base_config, check_trials_buildable, study_signature, trial_config
@@ -75,7 +76,7 @@ def open_study(spec: SweepSpec, storage: str, out_dir: Path) -> optuna.Study:
         names = {s.study_name for s in optuna.get_all_study_summaries(rdb)}
     except Exception as e:  # SQLAlchemy/driver errors: name the URL, not a traceback
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PipelineError(f"--storage {storage}: cannot open ({first})") from None
+        raise PipelineError(f"--storage {_safe_url(storage)}: cannot open ({first})") from None
     existing = 0
     if spec.name in names:
         existing = len(optuna.load_study(study_name=spec.name, storage=rdb).trials)
@@ -127,8 +128,10 @@ def orphaned_trials(study: optuna.Study, take_over_running: bool = False) -> lis
             if (now - (t.datetime_start or now)).total_seconds() > UNCLAIMED_GRACE_S:
                 orphans.append(t)
             continue
-        on_this_host = t.user_attrs.get("host") == host
-        if take_over_running or (on_this_host and (owner_pid == me or not _pid_alive(int(owner_pid)))):
+        if t.user_attrs.get("host") == host:
+            if owner_pid == me or not _pid_alive(int(owner_pid)):
+                orphans.append(t)
+        elif take_over_running:  # another host's worker; only the user knows it is gone
             orphans.append(t)
     return orphans
 
@@ -191,16 +194,18 @@ def run_sweep(
         orphans = orphaned_trials(study, take_over_running)
         if orphans:
             trial, run, resume = adopt(study, orphans[0], out_dir)
+            # Without last.pt (killed in epoch 1, maybe after best.pt) the trial starts afresh.
+            restart = not resume
         elif trials_left(study, spec) > 0:
             trial = study.ask(spec.distributions())
-            run, resume = f"{spec.name}-{trial.number}", False
+            run, resume, restart = f"{spec.name}-{trial.number}", False, False
         else:
             break
         trial.set_user_attr("run", run)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         try:
-            outcome = run_trial(study, trial, spec, run, resume, out_dir, train_fn)
+            outcome = run_trial(study, trial, spec, run, out_dir, train_fn, resume=resume, overwrite=restart)
         finally:  # on Ctrl-C too: the table then shows the interrupted trial as RUNNING
             rows = write_outputs(study, spec, sweep_dir, out_dir, storage, started)
         outcomes.append(outcome)
@@ -223,8 +228,8 @@ def adopt(study: optuna.Study, frozen: optuna.trial.FrozenTrial, out_dir: Path) 
     return optuna.Trial(study, frozen._trial_id), run, resume
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, run: str, resume: bool,
-              out_dir: Path, train_fn: TrainFn) -> TrialOutcome:
+def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, run: str, out_dir: Path,
+              train_fn: TrainFn, *, resume: bool = False, overwrite: bool = False) -> TrialOutcome:
     params = dict(trial.params)
     outcome = TrialOutcome(trial.number, run, "RUNNING", params)
 
@@ -232,12 +237,15 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, run: st
         score = row.get("ema_val_acc", row.get("val_acc"))  # what best.pt is chosen by
         if score is None or not math.isfinite(float(score)):
             return
-        trial.report(float(score), int(epoch))
+        with warnings.catch_warnings():
+            # A trial restarted after a kill reports its early epochs again; Optuna keeps the first.
+            warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
+            trial.report(float(score), int(epoch))
         if trial.should_prune():
             raise optuna.TrialPruned(f"val accuracy {float(score):.4f} at epoch {epoch} is below the median")
 
     try:
-        cfg = trial_config(spec, params, run=run, resume=resume)
+        cfg = trial_config(spec, params, run=run, resume=resume, overwrite=overwrite)
         summary = train_fn(cfg, on_epoch_end=on_epoch_end)
     except optuna.TrialPruned:
         outcome.state = "PRUNED"
@@ -276,11 +284,21 @@ def write_outputs(study: optuna.Study, spec: SweepSpec, sweep_dir: Path, out_dir
     write_manifest(
         sweep_dir, "sweep",
         inputs=[spec.base_config] if spec.base_config else [],
-        outputs=["results.csv", "results.md"],
-        config={"name": spec.name, "storage": storage, "out_dir": str(out_dir), "n_trials": spec.n_trials,
+        outputs=[file_entry(sweep_dir / name, sweep_dir) for name in ("results.csv", "results.md")],
+        config={"name": spec.name, "storage": _safe_url(storage), "out_dir": str(out_dir), "n_trials": spec.n_trials,
                 "fixed": spec.fixed, **study_signature(spec)},
         metrics={"trials": len(rows), "states": states, "best_run": best and best["run"],
                  "best_val_acc": best and best["best_val_acc"]},
         started=started, seed=spec.seed,
     )
     return rows
+
+
+def _safe_url(storage: str) -> str:
+    """The storage URL without its password, fit for a manifest."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a parseable URL: keep only the scheme
+        return storage.split("://", 1)[0] + "://..." if "://" in storage else storage

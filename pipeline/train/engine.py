@@ -274,6 +274,7 @@ def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
     data = load_prepared(cfg.data, cfg.competition)
     cfg = resolve_run_name(cfg, data)
     run_dir = Path(cfg.out_dir) / cfg.run
+    check_run_dir(run_dir, cfg)  # before any work: a wrong --run/--resume fails in a second
     data_info = data_provenance(data)
 
     train_images, train_labels, _ = data.subset("train")
@@ -309,8 +310,8 @@ def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
     progress = _Progress()
     if cfg.resume:
         progress = resume_from(run_dir / "last.pt", tr, cfg, model_kwargs, data_info, dist_info.rank)
-    else:
-        prepare_run_dir(run_dir, cfg.overwrite, main)
+    elif main:
+        fresh_run_dir(run_dir, cfg.overwrite)
     distributed.barrier()
     if main:
         save_config(cfg, run_dir / "config.yaml")
@@ -451,8 +452,6 @@ def checkpoint_state(tr: Trainer, cfg: TrainConfig, model_kwargs: dict, data_inf
 
 def resume_from(path: Path, tr: Trainer, cfg: TrainConfig, model_kwargs: dict, data_info: dict,
                 rank: int = 0) -> _Progress:
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found, nothing to resume; drop --resume to start the run")
     ckpt = load_checkpoint(path)
     check_resumable(path, ckpt, cfg, model_kwargs, data_info)
     tr.module.load_state_dict(clean_state_dict(ckpt["model"]))
@@ -491,16 +490,23 @@ def check_resumable(path: Path, ckpt: dict, cfg: TrainConfig, model_kwargs: dict
                     cfg.epochs, old.get("epochs"))
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool, main: bool) -> None:
+def check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
+    if cfg.resume:
+        if not (run_dir / "last.pt").is_file():
+            raise PipelineError(f"{run_dir / 'last.pt'}: not found, nothing to resume; drop --resume to start the run")
+        return
     held = [name for name in ("last.pt", "best.pt") if (run_dir / name).exists()]
-    if held and not overwrite:
+    if held and not cfg.overwrite:
         raise PipelineError(f"{run_dir}: already holds {', '.join(held)}; pass --resume to continue that run, "
                             "--overwrite to start it afresh, or --run NAME for a new one")
-    if main:
-        if overwrite:
-            for name in (*RUN_FILES, *_snapshots(run_dir)):
-                (run_dir / name).unlink(missing_ok=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def fresh_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Create the run folder; with --overwrite, first remove the earlier run's files (only those)."""
+    if overwrite:
+        for name in (*RUN_FILES, *_snapshots(run_dir)):
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _snapshots(run_dir: Path) -> list[str]:
