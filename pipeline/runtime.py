@@ -30,8 +30,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """"auto" -> the fastest safe precision on `device`; other names pass through unchanged.
 
     bf16 where the hardware computes in it (CUDA with bf16, else fp16; CPUs with AVX512-BF16/AMX).
-    On a CPU without native bf16, autocast emulates it: ResNet-20 trained ~5x slower than fp32 on
-    the AVX2 dev machine, so there "auto" means fp32.
+    On a CPU without native bf16, autocast emulates it: ResNet-20 trained 10-20x slower than fp32
+    on the AVX2 dev machine (bench/train_throughput.py), so there "auto" means fp32.
     """
     if precision != "auto":
         return precision
