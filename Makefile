@@ -42,7 +42,7 @@ PREDICT_SRC := $(MODEL_SRC) pipeline/predict.py pipeline/tta.py pipeline/run_out
 ENSEMBLE_SRC := $(CORE_SRC) pipeline/ensemble.py pipeline/submission.py pipeline/run_outputs.py
 
 # Parameters are inputs too: each stage's arguments live in a file rewritten only when they change.
-PARAMS_DIR := .make
+PARAMS_DIR ?= .make
 define params_file
 $(shell mkdir -p $(PARAMS_DIR) && f=$(PARAMS_DIR)/$(1); printf '%s\n' '$(2)' | cmp -s - $$f 2>/dev/null || printf '%s\n' '$(2)' > $$f; echo $$f)
 endef
