@@ -15,10 +15,8 @@ def make(repo, tmp_path, *args, check=True, epochs=2):
     variables = [f"DATA_ROOT={tmp_path}/data", f"RUNS_DIR={tmp_path}/ck", f"PARAMS_DIR={tmp_path}/params",
                  f"SUBMISSION={tmp_path}/sub.csv", "COMPETITION=digits", "RUN=r1", f"EPOCHS={epochs}",
                  f"VENV_STAMP={tmp_path}/stamp"]
-    stamp = tmp_path / "stamp"  # stands in for the venv, installed long ago
-    if not stamp.exists():
-        stamp.touch()
-        os.utime(stamp, (time.time() - 3600, time.time() - 3600))
+    if not (tmp_path / "stamp").exists():
+        (tmp_path / "stamp").touch()  # stands in for the installed venv
     result = subprocess.run(["make", "--no-print-directory", "-C", str(repo), *args, *variables],
                             capture_output=True, text=True)
     if check and result.returncode not in (0, 1):
@@ -38,11 +36,11 @@ def test_dry_run_resolves_the_whole_chain_in_order(repo_root, tmp_path):
 
 def test_fresh_outputs_are_skipped_and_a_parameter_change_reruns_only_downstream(repo_root, tmp_path):
     make(repo_root, tmp_path, "-n", "ensemble")  # writes the parameter files
-    # Times in the recent past: parameters, then each output newer than what it depends on (the
+    # Times in the recent past: parameters and venv, then each output newer than what it depends on (the
     # sources are older still: CI creates the venv between the clone and the tests). A rewritten
     # parameter file is then newer than every output.
     now = time.time()
-    for params in (tmp_path / "params").iterdir():
+    for params in [*(tmp_path / "params").iterdir(), tmp_path / "stamp"]:
         os.utime(params, (now - 30, now - 30))
     outputs = [tmp_path / "data/digits/meta.json", tmp_path / "ck/r1/manifest.json",
                tmp_path / "ck/r1/predict.json", tmp_path / "sub.csv"]
