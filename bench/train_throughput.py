@@ -5,24 +5,28 @@
 Variants: fp32 / bf16 autocast, NCHW / channels_last, on the fast batched loader ("standard":
 crop + flip on the device) and on the per-sample albumentations loader ("lab", worker processes).
 Each is a TrainConfig run through build_trainer + train_one_epoch on random CIFAR-shaped uint8
-data (throughput does not depend on pixel values); one epoch of `window` steps is one timed window,
-and the figure is the median window after a warm-up epoch. Prints a markdown table and writes it
-to --out. On a shared CPU the spread (min-max) says how much to trust a figure.
+data (throughput does not depend on pixel values); one epoch of `window` steps is one timed window.
+The variants take turns, one window each per round, so a load change on a shared machine hits
+all of them alike; the figure is the median over rounds after a warm-up epoch. Prints a markdown
+table and writes it to --out; the spread (min-max) says how much to trust a figure.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import platform
+import statistics
 import sys
+import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.timing import forever, windows_img_per_s  # noqa: E402
+from bench.timing import sync  # noqa: E402
 from pipeline.artifacts import atomic_write_text  # noqa: E402
 from pipeline.augment import build_train_loader  # noqa: E402
 from pipeline.models import create_model  # noqa: E402
@@ -41,19 +45,34 @@ VARIANTS = {  # name -> TrainConfig overrides
 }
 
 
-def measure(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, device: torch.device, args) -> dict:
+def epochs(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, device: torch.device) -> Iterator[int]:
+    """An endless stream of training epochs of `cfg`; each next() runs one and yields its sample count."""
     loader = build_train_loader(images, labels, policy=cfg.augment, batch_size=cfg.batch_size, device=device,
                                 seed=0, workers=cfg.workers)
     model = create_model("resnet20", num_classes=10, in_chans=3, input_size=(3, 32, 32)).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     tr = build_trainer(cfg, model, steps_per_epoch=len(loader), num_classes=10, mean=MEAN, std=STD, device=device)
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield train_one_epoch(tr, loader, epoch)["samples"]
+        epoch += 1
 
-    def epoch(n: int):
-        loader.set_epoch(n)
-        yield train_one_epoch(tr, loader, n)["samples"]
 
-    return windows_img_per_s(forever(epoch), device=device, warmup=1, window=1, windows=args.windows)
+def interleaved(streams: dict[str, Iterator[int]], rounds: int, device: torch.device) -> dict[str, list[float]]:
+    """img/s of one epoch of every stream per round, after one warm-up epoch each."""
+    for stream in streams.values():
+        next(stream)
+    rates: dict[str, list[float]] = {name: [] for name in streams}
+    for _ in range(rounds):
+        for name, stream in streams.items():
+            sync(device)
+            start = time.perf_counter()
+            n = next(stream)
+            sync(device)
+            rates[name].append(n / (time.perf_counter() - start))
+    return rates
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -76,13 +95,14 @@ def main(argv: list[str] | None = None) -> str:
                                workers=args.workers)
     lines = [f"ResNet-20 training on {device} ({platform.processor() or platform.machine()}, "
              f"{torch.get_num_threads()} threads), batch {args.batch_size}, median of {args.windows} "
-             f"windows of {args.window} steps; default precision here: "
+             f"interleaved windows of {args.window} steps; default precision here: "
              f"{resolve_precision(base.precision, device)}",
              "", "| variant | img/s | min-max |", "|---|---:|---:|"]
     print("\n".join(lines), flush=True)
-    for name in args.variants:
-        figures = measure(dataclasses.replace(base, **VARIANTS[name]), images, labels, device, args)
-        line = f"| {name} | {figures['img_per_s']:.0f} | {figures['min']:.0f}-{figures['max']:.0f} |"
+    streams = {name: epochs(dataclasses.replace(base, **VARIANTS[name]), images, labels, device)
+               for name in args.variants}
+    for name, rates in interleaved(streams, args.windows, device).items():
+        line = f"| {name} | {statistics.median(rates):.0f} | {min(rates):.0f}-{max(rates):.0f} |"
         lines.append(line)
         print(line, flush=True)
     text = "\n".join(lines) + "\n"
