@@ -53,7 +53,7 @@ DATA_PARAMS = $(call params_file,data-$(COMPETITION).args,$(DATA_ARGS))
 TRAIN_PARAMS = $(call params_file,train-$(RUN).args,$(TRAIN_CMD_ARGS))
 PREDICT_PARAMS = $(call params_file,predict-$(RUN).args,$(PREDICT_ARGS))
 
-.PHONY: help venv data train predict ensemble submit validate report sweep demo smoke test bench bench-models quality info zoo clean-demo
+.PHONY: help venv data train predict ensemble submit validate report sweep demo smoke test bench bench-models bench-engine quality leaderboard info zoo clean-demo
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -123,9 +123,17 @@ test: $(VENV_STAMP) ## Run the test suite
 bench: $(VENV_STAMP) ## Training/inference img/s: naive torchvision loop vs this pipeline
 	$(PY) bench/run.py
 
-quality: $(VENV_STAMP) ## 10-epoch ResNet-20 on the full shared CIFAR-10 bundle, then TTA predictions
+quality: $(VENV_STAMP) ## A recipe end to end on the shared CIFAR-10 bundle (CONFIG=configs/airbench94.yaml SEED= FINAL_FIT=1)
 	@test -f $(SHARED_BUNDLE) || { echo "quality: $(SHARED_BUNDLE) not found (the shared CIFAR-10 bundle)"; exit 1; }
-	$(PY) bench/quality.py --source $(SHARED_BUNDLE)
+	$(PY) bench/quality.py --source $(SHARED_BUNDLE) --config $(or $(CONFIG),configs/resnet20-cpu-quality.yaml) \
+		$(if $(SEED),--seed $(SEED)) $(if $(FINAL_FIT),--final-fit)
+
+leaderboard: $(VENV_STAMP) ## The recipes that fit this machine + their greedy ensemble -> bench/results/leaderboard.md and README
+	@test -f $(SHARED_BUNDLE) || { echo "leaderboard: $(SHARED_BUNDLE) not found (the shared CIFAR-10 bundle)"; exit 1; }
+	$(PY) bench/leaderboard.py --source $(SHARED_BUNDLE) $(if $(SEEDS),--seeds $(SEEDS)) $(LEADERBOARD_ARGS)
+
+bench-engine: $(VENV_STAMP) ## airbench94 steps through the engine vs a bare loop of the same maths (img/s ratio)
+	$(PY) bench/engine_overhead.py
 
 clean-demo: ## Remove the demo's data, run and submission
 	rm -rf $(DATA_ROOT)/digits $(RUNS_DIR)/digits-resnet20 submissions/digits-predictions.* $(PARAMS_DIR)

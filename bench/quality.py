@@ -1,8 +1,11 @@
-"""`make quality`: the real-data run. ResNet-20, 10 epochs, full 45k/5k split of the shared CIFAR-10
-bundle on this machine, then TTA predictions and a validated predictions.csv.
+"""`make quality CONFIG=configs/<name>.yaml`: one recipe end to end on the shared CIFAR-10 bundle.
 
-Each stage is the CLI a user would type, run as a subprocess and timed; the figures (val accuracy,
-wall time per stage and in all) are printed and written to bench/results/<date>-<host>-quality.json.
+data (reused when the full bundle is already prepared) -> train (the 45k/5k split) -> predict with
+every TTA level -> ensemble (this run alone) -> validate, each stage the CLI a user would type, run
+as a subprocess and timed. `--final-fit` then retrains the same config on all 50,000 labelled
+images (no val split: its val figure is the held-out model's) and writes the submission from it.
+The figures (val accuracy per TTA level, wall time per stage, img/s, machine) are printed and
+written to bench/results/<date>-<host>-<run>.json.
 """
 from __future__ import annotations
 
@@ -15,10 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.artifacts import atomic_write_json, read_json  # noqa: E402
+from pipeline.artifacts import atomic_write_json, read_json, sha256_file  # noqa: E402
+from bench.machine import machine_summary  # noqa: E402
 
 
 def stage(name: str, args: list[str], timings: dict[str, float]) -> None:
@@ -35,14 +41,23 @@ def main() -> None:
     parser.add_argument("--source", required=True, help="the Kaggle-style CIFAR-10 zip")
     parser.add_argument("--competition", default="cifar10-jpg")
     parser.add_argument("--config", default="configs/resnet20-cpu-quality.yaml")
-    parser.add_argument("--run", default="quality-resnet20")
-    parser.add_argument("--tta", default="none,flip,flip+shift")
+    parser.add_argument("--run", default=None, help="run name (default quality-<config name>[-s<seed>])")
+    parser.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    parser.add_argument("--tta", default="none,flip,flip+shift,airbench")
+    parser.add_argument("--checkpoint", default="last", help="best (picked on val: optimistic) or last")
+    parser.add_argument("--final-fit", action="store_true",
+                        help="then retrain on all 50,000 labelled images and submit that model")
+    parser.add_argument("--train-arg", action="append", default=[], help="extra train flag, repeatable")
+    parser.add_argument("--out", default=None, help="figures JSON (default bench/results/<date>-<host>-<run>.json)")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--runs-dir", default="checkpoints")
     args = parser.parse_args()
 
+    config = yaml.safe_load((REPO / args.config).read_text())
+    run = args.run or f"quality-{Path(args.config).stem}" + (f"-s{args.seed}" if args.seed is not None else "")
     data_dir = Path(args.data_root) / args.competition
-    submission = Path("submissions") / f"{args.run}-predictions.csv"
+    submission = Path("submissions") / f"{run}-predictions.csv"
+    seed_args = ["--seed", str(args.seed)] if args.seed is not None else []
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if (REPO / data_dir / "meta.json").is_file() and read_json(REPO / data_dir / "meta.json").get("limit") is None:
@@ -51,25 +66,52 @@ def main() -> None:
     else:
         stage("data", ["data", "--competition", args.competition, "--source", args.source,
                        "--data-root", args.data_root], timings)
-    stage("train", ["train", "--config", args.config, "--data", str(data_dir), "--run", args.run,
-                    "--out-dir", args.runs_dir, "--overwrite"], timings)
-    stage("predict", ["predict", "--run", args.run, "--runs-dir", args.runs_dir, "--tta", args.tta], timings)
-    stage("ensemble", ["ensemble", args.run, "--runs-dir", args.runs_dir, "--out", str(submission)], timings)
+    train_args = ["train", "--config", args.config, "--data", str(data_dir), "--out-dir", args.runs_dir,
+                  "--overwrite", *seed_args, *args.train_arg]
+    stage("train", [*train_args, "--run", run], timings)
+    stage("predict", ["predict", "--run", run, "--runs-dir", args.runs_dir, "--tta", args.tta,
+                      "--checkpoint", args.checkpoint], timings)
+    submitted = run
+    if args.final_fit:
+        submitted = f"{run}-full"
+        stage("train_full", [*train_args, "--run", submitted, "--final-fit"], timings)
+        stage("predict_full", ["predict", "--run", submitted, "--runs-dir", args.runs_dir, "--tta",
+                               tta_most_complete(args.tta), "--checkpoint", "last"], timings)
+    stage("ensemble", ["ensemble", submitted, "--runs-dir", args.runs_dir, "--out", str(submission)], timings)
     stage("validate", ["validate", str(submission), "--data", str(data_dir)], timings)
     total = round(time.perf_counter() - start, 1)
 
-    run_dir = REPO / args.runs_dir / args.run
+    run_dir = REPO / args.runs_dir / run
     train_manifest = read_json(run_dir / "manifest.json")
     predicted = read_json(run_dir / "predict.json")
+    history = train_manifest["metrics"].get("final") or {}
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    speeds = sorted(r["img_per_s"] for r in rows)
     result = {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
-        "config": args.config, "best_val_acc": train_manifest["metrics"].get("best_val_acc"),
-        "tta_val_acc": predicted.get("val_accuracy"), "seconds": timings, "total_seconds": total,
+        "machine": machine_summary(), "config": args.config, "run": run, "model": config.get("model"),
+        "config_sha256": sha256_file(REPO / args.config),
+        "seed": args.seed if args.seed is not None else config.get("seed", 0),
+        "epochs": config.get("epochs"), "checkpoint": args.checkpoint,
+        "final_val_acc": history.get("val_acc"), "best_val_acc": train_manifest["metrics"].get("best_val_acc"),
+        "tta_val_acc": predicted.get("metrics", {}).get("val_accuracy"), "tta_saved": predicted.get("tta"),
+        "train_img_per_s": speeds[len(speeds) // 2] if speeds else None,
+        "seconds": timings, "total_seconds": total, "submission": str(submission),
+        "submitted_run": submitted,
+        "val_note": ("val figures are the held-out model's; the submitted model was refit on all "
+                     "labelled images" if args.final_fit else "val figures are the submitted model's"),
     }
     print("\n" + json.dumps(result, indent=2))
-    out = REPO / "bench" / "results" / f"{dt.date.today().isoformat()}-{platform.node()}-quality.json"
+    out = Path(args.out) if args.out else (REPO / "bench" / "results" /
+                                           f"{dt.date.today().isoformat()}-{platform.node()}-{run}.json")
     atomic_write_json(out, result)
     print(f"wrote {out}")
+
+
+def tta_most_complete(levels: str) -> str:
+    from pipeline.tta import most_complete, parse_levels
+
+    return most_complete(parse_levels([levels]))
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
                            "epoch": loaded.ckpt.get("epoch"), "sha256": sha256_file(loaded.path)},
             "tta": saved,
             "tta_levels": levels,
-            "tta_averaging": "mean of view logits",
+            "tta_averaging": "weighted mean of view logits (pipeline/tta.py)",
             "val_accuracy": val_accuracy[saved],
             "data": {"root": str(data.root), "competition": data.meta.get("competition", trained_on.get("competition")),
                      "split_sha256": sha256_file(data.root / "split.npz"),

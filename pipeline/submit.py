@@ -106,7 +106,9 @@ def provenance(file: Path, data: str | None) -> Provenance:
     if recorded != sha256_file(file):
         log.warning("%s changed since %s was written; its runs and val accuracy are not used", file, sidecar)
         return Provenance(root, [], None)
-    return Provenance(root, list(info.get("runs") or []), info.get("val_accuracy"))
+    # A greedy blend's in-sample accuracy flatters it: report the cross-fitted (held-out) figure.
+    honest = info.get("val_accuracy_crossfit")
+    return Provenance(root, list(info.get("runs") or []), honest if honest is not None else info.get("val_accuracy"))
 
 
 def kaggle_slug(meta: dict[str, Any] | None) -> str | None:

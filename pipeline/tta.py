@@ -1,18 +1,18 @@
-"""Test-time augmentation levels (airbench's none / mirror / mirror+translate) over a registry.
+"""Test-time augmentation levels over a registry: a level is a weighted set of views.
 
-A level is a tuple of views; a view is a horizontal mirror (along the width axis) and/or a
-translation by (dy, dx) pixels. Views act on uint8 NCHW batches *before* normalisation, and a
-translation fills the uncovered border with zeros, exactly like the training crop
-(pipeline/augment/fast.py zero-pads the uint8 images), so a shifted view is an image the model
-could have seen in training.
-
-A level's prediction is the plain mean of its views' **logits** (as airbench does): logits
-average without saturating and the result is still a logit, so the ensemble stage can choose
-between probability and logit averaging itself.
+A view is a horizontal mirror (along the width axis) and/or a translation by (dy, dx) pixels whose
+uncovered border is filled with zeros or by reflection. Views act on uint8 NCHW batches *before*
+normalisation. A level's prediction is the weighted mean of its views' **logits** (as airbench
+does): logits average without saturating and the result is still a logit, so the ensemble stage
+can choose between probability and logit averaging itself.
 
     none        1 view:  identity
-    flip        2 views: {identity, mirror}
-    flip+shift  6 views: {identity, mirror} x {no shift, shift (+2, +2), shift (-2, -2)}
+    flip        2 views: identity, mirror; equal weights
+    flip+shift  6 views: {identity, mirror} x {no shift, (+2, +2), (-2, -2)} with zero fill (the
+                standard policy's training crop pads with zeros), equal weights
+    airbench    6 views, the paper's mirror+translate level (Jordan 2024, tta_level=2): identity and
+                mirror weighted 1/4 each; {identity, mirror} x {(+1, +1), (-1, -1)} translated by one
+                pixel with reflect fill (its training translate reflects too), weighted 1/8 each
 """
 from __future__ import annotations
 
@@ -21,43 +21,62 @@ from typing import Iterable, Sequence
 
 import torch
 
+from pipeline.augment.fast import pad_images
 from pipeline.errors import PipelineError
 from pipeline.registry import Registry
 
 TTA_LEVELS = Registry("TTA level")
 register_tta = TTA_LEVELS.register
 
-SHIFT = 2  # pixels, as in airbench's translate TTA (a 2 px shift of a 32 px image)
+SHIFT = 2  # pixels of the flip+shift level: the standard crop's typical offset
 
 
 @dataclass(frozen=True)
 class View:
     mirror: bool = False
     shift: tuple[int, int] = (0, 0)  # (dy, dx): content moves down by dy and right by dx
+    fill: str = "zero"  # what enters at the border when shifted: zero or reflect
 
     def __str__(self) -> str:
-        parts = (["mirror"] if self.mirror else []) + ([f"shift{self.shift}"] if any(self.shift) else [])
-        return "+".join(parts) or "identity"
+        shift = [f"shift{self.shift}" + ("reflect" if self.fill == "reflect" else "")] if any(self.shift) else []
+        return "+".join((["mirror"] if self.mirror else []) + shift) or "identity"
+
+
+def _equal(*views: View) -> tuple[tuple[View, float], ...]:
+    return tuple((view, 1.0 / len(views)) for view in views)
 
 
 @register_tta("none")
-def _none() -> tuple[View, ...]:
-    return (View(),)
+def _none() -> tuple[tuple[View, float], ...]:
+    return _equal(View())
 
 
 @register_tta("flip")
-def _flip() -> tuple[View, ...]:
-    return (View(), View(mirror=True))
+def _flip() -> tuple[tuple[View, float], ...]:
+    return _equal(View(), View(mirror=True))
 
 
 @register_tta("flip+shift")
-def _flip_shift() -> tuple[View, ...]:
+def _flip_shift() -> tuple[tuple[View, float], ...]:
     shifts = ((0, 0), (SHIFT, SHIFT), (-SHIFT, -SHIFT))
-    return tuple(View(mirror, shift) for mirror in (False, True) for shift in shifts)
+    return _equal(*(View(mirror, shift) for mirror in (False, True) for shift in shifts))
+
+
+@register_tta("airbench")
+def _airbench() -> tuple[tuple[View, float], ...]:
+    # The paper mirrors a translated image; mirroring first and then shifting by (dy, -dx) is the
+    # same image, which keeps one View form (mirror, then translate).
+    translated = [View(False, (1, 1), "reflect"), View(True, (1, -1), "reflect"),
+                  View(False, (-1, -1), "reflect"), View(True, (-1, 1), "reflect")]
+    return ((View(), 0.25), (View(mirror=True), 0.25), *((view, 0.125) for view in translated))
 
 
 def level_views(name: str) -> tuple[View, ...]:
-    return TTA_LEVELS.get(name)()
+    return tuple(view for view, _ in TTA_LEVELS.get(name)())
+
+
+def level_weights(name: str) -> tuple[float, ...]:
+    return tuple(weight for _, weight in TTA_LEVELS.get(name)())
 
 
 def parse_levels(values: Iterable[str]) -> list[str]:
@@ -93,20 +112,25 @@ def unique_views(levels: Sequence[str]) -> list[View]:
 
 
 def apply_view(images: torch.Tensor, view: View) -> torch.Tensor:
-    """The view of a (N, C, H, W) batch: mirror along W, then translate with zero fill."""
+    """The view of a (N, C, H, W) batch: mirror along W, then translate (zero or reflect fill)."""
     if view.mirror:
         images = images.flip(-1)
     dy, dx = view.shift
     if dy or dx:
-        images = translate(images, dy, dx)
+        images = translate(images, dy, dx, view.fill)
     return images
 
 
-def translate(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """out[..., i, j] = images[..., i - dy, j - dx], zero where that falls outside the image."""
+def translate(images: torch.Tensor, dy: int, dx: int, fill: str = "zero") -> torch.Tensor:
+    """out[..., i, j] = images[..., i - dy, j - dx]; outside the image zero, or the reflection
+    (edge not repeated) with fill="reflect"."""
     height, width = images.shape[-2:]
     if abs(dy) >= height or abs(dx) >= width:
         raise PipelineError(f"TTA shift ({dy}, {dx}) is as large as the {height}x{width} image")
+    if fill == "reflect":
+        pad = max(abs(dy), abs(dx))
+        padded = pad_images(images, pad, "reflect")
+        return padded[..., pad - dy:pad - dy + height, pad - dx:pad - dx + width]
     out = torch.zeros_like(images)
     out[..., max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
         images[..., max(-dy, 0):height + min(-dy, 0), max(-dx, 0):width + min(-dx, 0)]
@@ -114,5 +138,5 @@ def translate(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 
 def combine(view_logits: dict[View, torch.Tensor], level: str) -> torch.Tensor:
-    """A level's logits: the mean of its views' logits."""
-    return torch.stack([view_logits[v] for v in level_views(level)]).mean(0)
+    """A level's logits: the weighted mean of its views' logits."""
+    return sum(weight * view_logits[view] for view, weight in TTA_LEVELS.get(level)())

@@ -190,3 +190,17 @@ def test_predict_then_ensemble_end_to_end(tmp_path):
     labels = np.load(runs / "m1" / "val_labels.npy")
     assert result["val_accuracy"] == pytest.approx((combine("prob", val, [1, 1]).argmax(1) == labels).mean())
     assert len(read_csv(out)) == 12
+
+
+def test_crossfit_exposes_a_greedy_blend_that_only_fits_val():
+    from pipeline.ensemble import crossfit_greedy_accuracy
+
+    # Member A is right (margin 2) on the even rows and wrong (margin 1) on the odd ones; B the reverse.
+    labels = np.zeros(8, dtype=np.int64)
+    even = np.arange(8) % 2 == 0
+    a = np.where(even[:, None], [[2.0, 0.0]], [[0.0, 1.0]])
+    b = np.where(even[:, None], [[0.0, 1.0]], [[2.0, 0.0]])
+    counts = greedy_select([a, b], labels, "prob", rounds=5)
+    assert (combine("prob", [a, b], counts).argmax(1) == labels).mean() == 1.0  # A + B fits all of val
+    # Fitted on the even rows greedy keeps A alone, which is wrong on every odd row; and vice versa.
+    assert crossfit_greedy_accuracy([a, b], labels, "prob", rounds=5) == 0.0

@@ -58,7 +58,7 @@ def test_levels_views_and_the_level_saved():
     assert tta.parse_levels(["none,flip", "flip+shift", "flip"]) == ["none", "flip", "flip+shift"]
     assert tta.most_complete(["flip+shift", "none", "flip"]) == "flip+shift"
     assert len(tta.unique_views(["none", "flip", "flip+shift"])) == 6  # shared views computed once
-    with pytest.raises(PipelineError, match="unknown TTA level 'mirror'; choose from: flip, flip\\+shift, none"):
+    with pytest.raises(PipelineError, match="unknown TTA level 'mirror'; choose from: airbench, flip, flip\\+shift, none"):
         tta.parse_levels(["mirror"])
 
 

@@ -3,6 +3,7 @@ with a stand-in trainer that writes real metrics files, and a real 4-trial digit
 after its first trial and resumed."""
 from __future__ import annotations
 
+import math
 import csv
 import io
 import logging
@@ -175,7 +176,7 @@ class FakeTrainer:
         if self.fail_if(cfg):
             raise PipelineError(f"bad config for {cfg.run}")
         run_dir.mkdir(parents=True, exist_ok=True)
-        for epoch in range(len(history) + 1, cfg.epochs + 1):
+        for epoch in range(len(history) + 1, math.ceil(cfg.epochs) + 1):
             acc = round(self.score(cfg) * epoch / cfg.epochs, 6)
             history.append({"epoch": epoch, "train_loss": 1.0 / epoch, "train_acc": acc, "val_loss": 1.0 / epoch,
                             "val_acc": acc, "lr": cfg.lr, "seconds": 0.5, "img_per_s": 100.0})

@@ -86,7 +86,7 @@ def test_shipped_configs_resolve_and_name_real_models():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"epochs": 0}, "--epochs must be at least 1, got 0"),
+    ({"epochs": 0}, "--epochs must be positive, got 0"),
     ({"ema": 1.0}, "--ema must be 0 (off) or a decay in (0, 1), got 1.0"),
     ({"label_smoothing": 1.0}, "--label-smoothing must be in [0, 1)"),
     ({"min_lr": 0.5, "lr": 0.1}, "--min-lr must be between 0 and --lr"),

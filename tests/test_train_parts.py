@@ -22,8 +22,9 @@ def factors(cfg: TrainConfig, steps_per_epoch: int, steps: list[int]) -> list[fl
 
 
 def test_registries_hold_the_promised_names():
-    assert set(OPTIMIZERS.names()) == {"sgd", "adam", "adamw", "rmsprop", "adagrad", "adamax"}
-    assert set(SCHEDULES.names()) == {"step", "multistep", "exponential", "cosine", "onecycle", "constant"}
+    assert set(OPTIMIZERS.names()) == {"sgd", "adam", "adamw", "rmsprop", "adagrad", "adamax", "muon"}
+    assert set(SCHEDULES.names()) == {"step", "multistep", "exponential", "cosine", "onecycle", "constant",
+                                      "triangle"}
     with pytest.raises(PipelineError, match="unknown schedule 'poly'"):
         lr_factor(TrainConfig(schedule="poly"), 10)
     with pytest.raises(PipelineError, match="unknown optimizer 'lamb'"):

@@ -4,7 +4,9 @@ Loaders take canonical uint8 NHWC numpy arrays and yield uint8 NCHW tensors on t
 training loop normalises them with runtime.to_model_input), so augmentation stays exact on bytes.
 
 Policies (POLICIES registry; each entry builds a TrainLoader):
-  none, standard (4-pixel zero-pad random crop + horizontal flip), standard+cutout
+  none, standard (random crop from a 4-pixel zero pad + random horizontal flip; crop_pad, pad_mode
+      and flip_mode change that, e.g. airbench's 2-pixel reflect pad with alternating flips),
+  standard+cutout
       -> fast.FastTrainLoader: the dataset on the device, augmented in batches, no workers;
   lab (albumentations), autoaugment, randaugment (torchvision v2)
       -> albu.WorkerTrainLoader: per-sample augmentation in persistent DataLoader workers.
@@ -30,36 +32,40 @@ CROP_PAD = 4
 
 
 @POLICIES.register("none")
-def _none(images, labels, *, cutout, workers, **common) -> TrainLoader:
+def _none(images, labels, *, cutout, workers, crop, **common) -> TrainLoader:
     return FastTrainLoader(images, labels, **common)
 
 
 @POLICIES.register("standard")
-def _standard(images, labels, *, cutout, workers, **common) -> TrainLoader:
-    return FastTrainLoader(images, labels, pad=CROP_PAD, flip=True, **common)
+def _standard(images, labels, *, cutout, workers, crop, **common) -> TrainLoader:
+    return FastTrainLoader(images, labels, flip=True, **crop, **common)
 
 
 @POLICIES.register("standard+cutout")
-def _standard_cutout(images, labels, *, cutout, workers, **common) -> TrainLoader:
+def _standard_cutout(images, labels, *, cutout, workers, crop, **common) -> TrainLoader:
     # 0 means the usual size: half the image side (16 on CIFAR-10, as in DeVries & Taylor).
     size = cutout or images.shape[1] // 2
-    return FastTrainLoader(images, labels, pad=CROP_PAD, flip=True, cutout=size, **common)
+    return FastTrainLoader(images, labels, flip=True, cutout=size, **crop, **common)
 
 
 @POLICIES.register("lab")
-def _lab(images, labels, *, cutout, workers, **common) -> TrainLoader:
+def _lab(images, labels, *, cutout, workers, crop, **common) -> TrainLoader:
     augment = lab_policy(images.shape[1], images.shape[2], pad=CROP_PAD)
     return WorkerTrainLoader(images, labels, augment, workers=workers, **common)
 
 
 @POLICIES.register("autoaugment")
-def _autoaugment(images, labels, *, cutout, workers, **common) -> TrainLoader:
+def _autoaugment(images, labels, *, cutout, workers, crop, **common) -> TrainLoader:
     return WorkerTrainLoader(images, labels, autoaugment_policy(), workers=workers, **common)
 
 
 @POLICIES.register("randaugment")
-def _randaugment(images, labels, *, cutout, workers, **common) -> TrainLoader:
+def _randaugment(images, labels, *, cutout, workers, crop, **common) -> TrainLoader:
     return WorkerTrainLoader(images, labels, randaugment_policy(), workers=workers, **common)
+
+
+# Policies that honour crop_pad / pad_mode / flip_mode; the others refuse non-default values.
+CROP_POLICIES = ("standard", "standard+cutout")
 
 
 def build_train_loader(
@@ -75,17 +81,25 @@ def build_train_loader(
     world_size: int = 1,
     workers: int = 2,
     cutout: int = 0,
+    crop_pad: int = CROP_PAD,
+    pad_mode: str = "zero",
+    flip_mode: str = "random",
 ) -> TrainLoader:
     """A shuffled, augmented TrainLoader for `policy`.
 
     workers: DataLoader processes for the per-sample policies (0 = in this process, for debugging);
-    the batched policies ignore it. cutout: square size for "standard+cutout" (0 = half the image
+    the batched policies ignore it. crop_pad, pad_mode (zero|reflect), flip_mode (random|alternate):
+    the crop and flip of the standard policies. cutout: square size for "standard+cutout" (0 = half the image
     side); any other policy with cutout > 0 is an error rather than a silently ignored setting.
     """
     build = POLICIES.get(policy)
     if cutout and policy != "standard+cutout":
         raise PipelineError(f"cutout={cutout} is only used by policy 'standard+cutout', not '{policy}'")
-    return build(images, labels, cutout=cutout, workers=workers, batch_size=batch_size,
+    crop = {"pad": crop_pad, "pad_mode": pad_mode, "flip_mode": flip_mode}
+    if policy not in CROP_POLICIES and crop != {"pad": CROP_PAD, "pad_mode": "zero", "flip_mode": "random"}:
+        raise PipelineError(f"crop_pad/pad_mode/flip_mode are used by policies {', '.join(CROP_POLICIES)}, "
+                            f"not '{policy}'")
+    return build(images, labels, cutout=cutout, workers=workers, crop=crop, batch_size=batch_size,
                  device=torch.device(device), seed=seed, drop_last=drop_last, rank=rank,
                  world_size=world_size)
 

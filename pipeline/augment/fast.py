@@ -21,16 +21,41 @@ from pipeline.augment.loaders import EpochPlan, check_images, derive_seed
 from pipeline.errors import PipelineError
 
 
-def crop_sources(images: torch.Tensor, pad: int, mirror: bool) -> torch.Tensor:
-    """(K, N, C, H+2pad, W+2pad): NCHW images (any strides) zero-padded, then (mirror) their
-    left-right flips; written straight into one buffer, as the pad of a flip is the flip of a pad."""
-    count, chans, height, width = images.shape
-    sources = images.new_zeros((2 if mirror else 1, count, chans, height + 2 * pad, width + 2 * pad))
-    interior = (slice(None), slice(None), slice(pad, pad + height), slice(pad, pad + width))
-    sources[0][interior] = images
-    if mirror:
-        sources[1][interior] = sources[0][interior].flip(-1)
-    return sources
+PAD_MODES = ("zero", "reflect")
+FLIP_MODES = ("random", "alternate")
+
+
+def reflect_index(size: int, pad: int, device=None) -> torch.Tensor:
+    """Source positions of a reflect-padded axis (edge not repeated, as numpy/torch 'reflect'):
+    size 4, pad 2 -> [2, 1, 0, 1, 2, 3, 2, 1]."""
+    if pad >= size:
+        raise PipelineError(f"reflect padding of {pad} needs images larger than {pad} pixels, got {size}")
+    idx = torch.arange(-pad, size + pad, device=device).abs()
+    return torch.where(idx >= size, 2 * (size - 1) - idx, idx)
+
+
+def pad_images(images: torch.Tensor, pad: int, mode: str = "zero") -> torch.Tensor:
+    """(..., H, W) -> (..., H+2pad, W+2pad), zero- or reflect-padded; any dtype (uint8 included)."""
+    if mode not in PAD_MODES:
+        raise PipelineError(f"unknown pad mode '{mode}'; choose from: {', '.join(PAD_MODES)}")
+    if pad == 0:
+        return images
+    height, width = images.shape[-2:]
+    if mode == "reflect":
+        rows = reflect_index(height, pad, images.device)
+        cols = reflect_index(width, pad, images.device)
+        return images[..., rows, :][..., cols]
+    out = images.new_zeros((*images.shape[:-2], height + 2 * pad, width + 2 * pad))
+    out[..., pad:pad + height, pad:pad + width] = images
+    return out
+
+
+def crop_sources(images: torch.Tensor, pad: int, mirror: bool, mode: str = "zero") -> torch.Tensor:
+    """(K, N, C, H+2pad, W+2pad): NCHW images (any strides) padded (zero or reflect), then (mirror)
+    their left-right flips; the pad of a flip is the flip of a pad in both modes."""
+    padded = pad_images(images, pad, mode).contiguous()  # the NHWC source may come in as a permuted view
+    copies = (padded, padded.flip(-1)) if mirror else (padded,)
+    return torch.stack(copies)
 
 
 def gather_crops(
@@ -61,6 +86,9 @@ class FastTrainLoader:
 
     An epoch's random numbers are drawn up front from a generator on the device seeded by
     (seed, epoch, rank), so equal seeds give identical batches. Call set_epoch before each epoch.
+    flip_mode "random" flips each image with probability 1/2 every epoch; "alternate" (airbench)
+    draws one flip bit per image from the seed alone and inverts it on odd epochs, so over any two
+    consecutive epochs every image is seen once mirrored and once not.
     """
 
     def __init__(
@@ -71,6 +99,8 @@ class FastTrainLoader:
         pad: int = 0,
         flip: bool = False,
         cutout: int = 0,
+        pad_mode: str = "zero",
+        flip_mode: str = "random",
         batch_size: int = 128,
         device: torch.device = torch.device("cpu"),
         seed: int = 0,
@@ -84,11 +114,18 @@ class FastTrainLoader:
         self.plan = EpochPlan(len(images), batch_size, seed, rank, world_size, drop_last)
         self.num_samples = self.plan.num_samples
         self.device = torch.device(device)
-        self.pad, self.flip, self.cutout = pad, flip, cutout
+        if flip_mode not in FLIP_MODES:
+            raise PipelineError(f"unknown flip mode '{flip_mode}'; choose from: {', '.join(FLIP_MODES)}")
+        self.pad, self.flip, self.cutout, self.flip_mode = pad, flip, cutout, flip_mode
         self.size = tuple(images.shape[1:3])
         self.epoch = 0
         nchw_view = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
-        self.sources = crop_sources(nchw_view, pad, mirror=flip)
+        self.sources = crop_sources(nchw_view, pad, mirror=flip, mode=pad_mode)
+        self.base_flip = None
+        if flip and flip_mode == "alternate":
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(derive_seed(seed, 0, 0))  # the same bits on every rank and epoch
+            self.base_flip = torch.randint(2, (len(images),), generator=generator, device=self.device)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
 
     def set_epoch(self, epoch: int) -> None:
@@ -110,7 +147,7 @@ class FastTrainLoader:
         return {
             "top": randint(2 * self.pad + 1),
             "left": randint(2 * self.pad + 1),
-            "copy": randint(2 if self.flip else 1),  # 1 = the mirrored copy
+            "copy": randint(2 if self.flip and self.base_flip is None else 1),  # 1 = the mirrored copy
             "center_y": randint(self.size[0]),
             "center_x": randint(self.size[1]),
         }
@@ -121,7 +158,8 @@ class FastTrainLoader:
         for start in range(0, len(order), self.plan.batch_size):
             batch = slice(start, start + self.plan.batch_size)
             index = order[batch]
-            x = gather_crops(self.sources, draws["copy"][batch], index, draws["top"][batch],
+            copy = draws["copy"][batch] if self.base_flip is None else self.base_flip[index] ^ (self.epoch % 2)
+            x = gather_crops(self.sources, copy, index, draws["top"][batch],
                              draws["left"][batch], self.size)
             if self.cutout:
                 cutout_(x, draws["center_y"][batch], draws["center_x"][batch], self.cutout)

@@ -17,7 +17,7 @@ MODELS = Registry("model")
 register_model = MODELS.register
 
 # Registration happens on import; keep this list in sync with the files in this folder.
-from pipeline.models import simple, resnet, vgg, timm_models  # noqa: E402,F401
+from pipeline.models import simple, resnet, vgg, airbench, timm_models  # noqa: E402,F401
 
 
 def list_models() -> list[str]:

@@ -82,7 +82,7 @@ def _per_step_lr(ctx: RunContext) -> tuple[np.ndarray, np.ndarray] | None:
     """The schedule rebuilt from the run's config, one point per optimizer step (single process)."""
     from pipeline.config import resolve_config
     from pipeline.train.config import TrainConfig
-    from pipeline.train.schedules import lr_factor
+    from pipeline.train.schedules import lr_factor, total_steps
 
     try:
         cfg = resolve_config(TrainConfig, None, ctx.config)
@@ -91,7 +91,7 @@ def _per_step_lr(ctx: RunContext) -> tuple[np.ndarray, np.ndarray] | None:
     except PipelineError:
         return None  # the logged per-epoch values still show
     # After s optimizer steps the scheduler holds lr * factor(s); epoch e's logged lr is s = e * steps_per_epoch.
-    steps = np.arange(cfg.epochs * steps_per_epoch + 1)
+    steps = np.arange(total_steps(cfg.epochs, steps_per_epoch) + 1)
     return steps / steps_per_epoch, np.array([cfg.lr * factor(int(s)) for s in steps])
 
 

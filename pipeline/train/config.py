@@ -27,7 +27,7 @@ class TrainConfig:
     run: Optional[str] = _opt(None, "Run name; default <competition>-<model>.")
     out_dir: str = _opt("checkpoints", "Folder that holds one sub-folder per run.")
     # length and batches
-    epochs: int = _opt(30, "Number of epochs.")
+    epochs: float = _opt(30, "Number of epochs; a fraction ends the schedule inside the last epoch (9.9).")
     batch_size: int = _opt(128, "Training batch size per process.")
     eval_batch_size: int = _opt(512, "Validation batch size.")
     # optimizer
@@ -37,13 +37,25 @@ class TrainConfig:
     nesterov: bool = _opt(False, "Nesterov momentum (sgd).")
     betas: list = _opt([0.9, 0.999], "Adam-family betas (CLI: 0.9,0.999).")
     eps: float = _opt(1e-8, "Adam/RMSprop/Adagrad epsilon.")
-    weight_decay: float = _opt(5e-4, "L2 weight decay (torch's coefficient: Keras l2(k) is 2k here).")
+    weight_decay: float = _opt(5e-4, "L2 weight decay (torch's coefficient: Keras l2(k) is 2k here; "
+                                     "per 1024 examples with --decoupled).")
+    decoupled: bool = _opt(False, "sgd: --lr and --weight-decay are per 1024 examples, decoupled as in airbench: "
+                                  "the step size does not depend on batch size or momentum, the decay per step "
+                                  "not on the lr (torch lr = lr*batch/(1024*(1+1/(1-momentum)))).")
+    bn_bias_lr_scale: float = _opt(1.0, "Learning-rate multiplier for BatchNorm biases (airbench: 64).")
+    head_lr: float = _opt(0.0, "Learning rate of the classifier (the last Linear layer); 0 = --lr.")
+    muon_lr: float = _opt(0.24, "optimizer muon: learning rate of the conv filters (Muon's own scale).")
+    muon_momentum: float = _opt(0.6, "optimizer muon: Nesterov momentum of the conv filters.")
+    muon_ns_steps: int = _opt(3, "optimizer muon: Newton-Schulz iterations per step.")
     decay_bn_bias: bool = _opt(False, "Also decay BatchNorm and bias parameters (excluded by default).")
     l1: float = _opt(0.0, "L1 penalty lambda * sum|w| added to the loss (weights only).")
     # learning-rate schedule, stepped every iteration
-    schedule: str = _opt("onecycle", "LR schedule: onecycle, cosine, step, multistep, exponential, constant.")
+    schedule: str = _opt("onecycle", "LR schedule: onecycle, cosine, triangle, step, multistep, exponential, "
+                                     "constant.")
     warmup_epochs: float = _opt(0.0, "Linear warmup (epochs, may be fractional) before any schedule.")
-    pct_start: float = _opt(0.25, "onecycle: fraction of training spent rising to the peak lr.")
+    pct_start: float = _opt(0.25, "onecycle/triangle: fraction of training spent rising to the peak lr.")
+    lr_start_factor: float = _opt(0.2, "triangle: lr at the first step, as a fraction of --lr.")
+    lr_end_factor: float = _opt(0.07, "triangle: lr at the last step, as a fraction of --lr.")
     milestones: list = _opt([0.5, 0.75], "multistep: fractions of training where lr is x gamma (CLI: 0.5,0.75).")
     gamma: float = _opt(0.1, "step/multistep: lr factor per decay; exponential: factor per epoch.")
     step_epochs: float = _opt(10.0, "step: decay every this many epochs.")
@@ -53,11 +65,29 @@ class TrainConfig:
     mixup: float = _opt(0.0, "Mixup alpha (0 = off).")
     cutmix: float = _opt(0.0, "CutMix alpha (0 = off).")
     ema: float = _opt(0.0, "EMA decay of the weights (0 = off, e.g. 0.999); best.pt then follows the EMA.")
+    lookahead: bool = _opt(False, "Lookahead-style EMA (airbench): every --lookahead-every steps the weights are "
+                                  "averaged into an EMA and the EMA is copied back; the decay warms up as "
+                                  "decay**every * (step/total)**pow.")
+    lookahead_every: int = _opt(5, "lookahead: steps between averages.")
+    lookahead_start_epochs: float = _opt(3.0, "lookahead: epochs before the first average.")
+    lookahead_decay: float = _opt(0.95, "lookahead: per-step decay base.")
+    lookahead_pow: float = _opt(3.0, "lookahead: power of the decay warm-up.")
+    # initialisation
+    dirac_init: bool = _opt(False, "Start every conv as an identity on its first in_channels filters.")
+    whiten_init: bool = _opt(False, "Set the first conv (2*C*k*k filters) to a whitening of the training "
+                                    "images' patches, frozen (airbench).")
+    whiten_images: int = _opt(5000, "whiten_init: how many training images the patch covariance uses.")
+    whiten_bias_epochs: float = _opt(0.0, "whiten_init: train the whitening conv's bias for this many epochs, "
+                                          "then freeze it (0 = train it throughout).")
     grad_clip: float = _opt(0.0, "Clip the gradient norm to this value (0 = off).")
     early_stop_patience: int = _opt(0, "Stop after this many epochs without a better val accuracy (0 = off).")
     # augmentation
     augment: str = _opt("standard", "Augmentation policy (pipeline.augment.POLICIES).")
     cutout: int = _opt(0, "Cutout square size for --augment standard+cutout (0 = half the image side).")
+    crop_pad: int = _opt(4, "standard policies: random-crop padding in pixels (translate by up to this).")
+    pad_mode: str = _opt("zero", "standard policies: crop padding fill, zero or reflect.")
+    flip_mode: str = _opt("random", "standard policies: horizontal flip, random (each image, each epoch) or "
+                                    "alternate (each image flipped on every other epoch, airbench).")
     # speed
     precision: str = _opt("auto", "Autocast precision: auto (bf16 where the hardware has it, else fp32 on "
                                   "CPU / fp16 on old GPUs), bf16, fp16 (CUDA only) or fp32.")
@@ -65,6 +95,8 @@ class TrainConfig:
     compile: bool = _opt(False, "torch.compile the model.")
     workers: int = _opt(2, "Data-loader worker processes.")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
+    final_fit: bool = _opt(False, "Train on every labelled image (train + val split): the last fit before a "
+                                  "submission. Val accuracy is then measured on training images.")
     # reproducibility and bookkeeping
     seed: int = _opt(0, "Seeds python, numpy, torch and the loader workers.")
     deterministic: bool = _opt(False, "Deterministic algorithms only (slower on GPU).")
@@ -77,7 +109,7 @@ class TrainConfig:
 def check_config(cfg: TrainConfig) -> None:
     """Out-of-range values as one-line errors before any work starts (names are checked by registries)."""
     rules = [
-        ("epochs", cfg.epochs >= 1, "at least 1"),
+        ("epochs", cfg.epochs > 0, "positive"),
         ("batch_size", cfg.batch_size >= 1, "at least 1"),
         ("eval_batch_size", cfg.eval_batch_size >= 1, "at least 1"),
         ("lr", cfg.lr > 0, "positive"),
@@ -85,6 +117,22 @@ def check_config(cfg: TrainConfig) -> None:
         ("l1", cfg.l1 >= 0, "non-negative"),
         ("min_lr", 0 <= cfg.min_lr <= cfg.lr, "between 0 and --lr"),
         ("warmup_epochs", 0 <= cfg.warmup_epochs <= cfg.epochs, "between 0 and --epochs"),
+        ("bn_bias_lr_scale", cfg.bn_bias_lr_scale > 0, "positive"),
+        ("head_lr", cfg.head_lr >= 0, "non-negative (0 = --lr)"),
+        ("muon_lr", cfg.muon_lr > 0, "positive"),
+        ("muon_momentum", 0 <= cfg.muon_momentum < 1, "in [0, 1)"),
+        ("muon_ns_steps", cfg.muon_ns_steps >= 1, "at least 1"),
+        ("lr_start_factor", cfg.lr_start_factor >= 0, "non-negative"),
+        ("lr_end_factor", cfg.lr_end_factor >= 0, "non-negative"),
+        ("lookahead_every", cfg.lookahead_every >= 1, "at least 1"),
+        ("lookahead_start_epochs", cfg.lookahead_start_epochs >= 0, "non-negative"),
+        ("lookahead_decay", 0 < cfg.lookahead_decay <= 1, "in (0, 1]"),
+        ("lookahead_pow", cfg.lookahead_pow >= 0, "non-negative"),
+        ("whiten_images", cfg.whiten_images >= 1, "at least 1"),
+        ("whiten_bias_epochs", cfg.whiten_bias_epochs >= 0, "non-negative"),
+        ("crop_pad", cfg.crop_pad >= 0, "non-negative"),
+        ("pad_mode", cfg.pad_mode in ("zero", "reflect"), "zero or reflect"),
+        ("flip_mode", cfg.flip_mode in ("random", "alternate"), "random or alternate"),
         ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
         ("mixup", cfg.mixup >= 0, "non-negative"),
         ("cutmix", cfg.cutmix >= 0, "non-negative"),

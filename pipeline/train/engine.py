@@ -30,12 +30,13 @@ from pipeline.config import config_dict, save_config
 from pipeline.data.dataset import PreparedData, load_prepared
 from pipeline.errors import PipelineError
 from pipeline.models import create_model
-from pipeline.runtime import PRECISIONS, autocast, normalizer, resolve_precision, to_model_input
+from pipeline.models.init import dirac_init_, first_conv, whiten_init_
+from pipeline.runtime import PRECISIONS, autocast, nhwc_to_nchw, normalizer, resolve_precision, to_model_input
 from pipeline.train import distributed, logbook
 from pipeline.train.config import TrainConfig, check_config
-from pipeline.train.ema import ModelEma
+from pipeline.train.ema import Lookahead, ModelEma
 from pipeline.train.optim import build_optimizer, decayed_parameters, l1_penalty
-from pipeline.train.schedules import build_scheduler
+from pipeline.train.schedules import build_scheduler, total_steps
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Trainer:
     device: torch.device
     precision: str
     ema: ModelEma | None = None
+    lookahead: Lookahead | None = None
     mixup: Callable | None = None
     grad_clip: float = 0.0
     l1: float = 0.0
@@ -110,13 +112,14 @@ def build_trainer(
     device: torch.device,
     world_size: int = 1,
 ) -> Trainer:
-    """Optimizer, schedule, scaler, EMA, loss and wrappers for `module` (already on `device`)."""
+    """Optimizer, schedule, scaler, EMA, loss and wrappers for `module` (already on `device`, in its
+    final memory format: the EMA and lookahead keep references to its tensors)."""
     precision = resolve_precision(cfg.precision, device)
     if precision not in PRECISIONS:
         raise PipelineError(f"unknown precision '{cfg.precision}'; choose from: auto, {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
         raise PipelineError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
-    optimizer = build_optimizer(module, cfg)
+    optimizer = build_optimizer(module, cfg, batch_size=cfg.batch_size * world_size)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no scaling
     mixup = None
@@ -132,6 +135,11 @@ def build_trainer(
     else:
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     ema = ModelEma(module, cfg.ema) if cfg.ema > 0 else None
+    lookahead = None
+    if cfg.lookahead:
+        lookahead = Lookahead(module, every=cfg.lookahead_every, decay=cfg.lookahead_decay, power=cfg.lookahead_pow,
+                              start_step=round(cfg.lookahead_start_epochs * steps_per_epoch),
+                              total_steps=total_steps(cfg.epochs, steps_per_epoch))
     model = module
     if world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -142,7 +150,7 @@ def build_trainer(
     return Trainer(
         model=model, module=module, eval_model=eval_model, optimizer=optimizer, scheduler=scheduler,
         scaler=scaler, criterion=criterion, inputs=ModelInput(*normalizer(mean, std, device), cfg.channels_last),
-        device=device, precision=precision, ema=ema, mixup=mixup, grad_clip=cfg.grad_clip,
+        device=device, precision=precision, ema=ema, lookahead=lookahead, mixup=mixup, grad_clip=cfg.grad_clip,
         l1=cfg.l1, l1_params=decayed_parameters(module) if cfg.l1 else [],
     )
 
@@ -155,14 +163,16 @@ def train_one_epoch(
     log_every: int = 20,
     show_progress: bool = False,
     desc: str = "",
+    max_steps: int | None = None,
 ) -> dict[str, float]:
-    """One pass over `loader`; returns loss/acc/samples summed over all processes, seconds, img/s."""
+    """One pass over `loader` (or its first max_steps batches: the last epoch of a fractional run);
+    returns loss/acc/samples summed over all processes, seconds, img/s."""
     tr.model.train()
     loss_sum = torch.zeros((), device=tr.device)
     correct = torch.zeros((), dtype=torch.long, device=tr.device)
     seen = 0
     pending: list[torch.Tensor] = []  # per-step losses not yet checked for NaN/inf
-    steps = len(loader)
+    steps = len(loader) if max_steps is None else min(len(loader), max_steps)
     bar = _progress(steps, desc or f"epoch {epoch}", show_progress)
     start = time.perf_counter()
     step = 0
@@ -185,6 +195,8 @@ def train_one_epoch(
         tr.scheduler.step()
         if tr.ema is not None:
             tr.ema.update(tr.module, tr.global_step)
+        if tr.lookahead is not None:
+            tr.lookahead.update(tr.global_step)
 
         n = labels.shape[0]
         seen += n
@@ -201,6 +213,10 @@ def train_one_epoch(
                                 lr=f"{tr.lr:.3g}", img_s=f"{seen / elapsed:.0f}", refresh=False)
         if bar is not None:
             bar.update(1)
+        if step == steps < len(loader):
+            break  # the last epoch of a fractional run: let a full epoch's loader run to its end
+    if tr.lookahead is not None:
+        tr.lookahead.end_epoch()
     _check_finite(pending, epoch, step)
     if bar is not None:
         bar.close()
@@ -277,8 +293,11 @@ def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
     check_run_dir(run_dir, cfg)  # before any work: a wrong --run/--resume fails in a second
     data_info = data_provenance(data)
 
-    train_images, train_labels, _ = data.subset("train")
+    train_images, train_labels, _ = data.subset("all" if cfg.final_fit else "train")
     val_images, val_labels, _ = data.subset("val")
+    if cfg.final_fit and main:
+        log.warning("final fit: the %d val images are trained on too, so val accuracy is not a held-out "
+                    "figure; judge the settings on a run without --final-fit", len(val_labels))
     if len(val_labels) == 0:
         raise PipelineError(f"{data.root / 'split.npz'}: the validation split is empty; training needs it "
                             "for best.pt and early stopping")
@@ -287,29 +306,35 @@ def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
     module = create_model(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans,
                           input_size=data.input_size, **cfg.model_opts)
     module.to(device)
+    whiten_conv = initialise(module, cfg, train_images, data.meta["mean"], data.meta["std"], device)
     if cfg.channels_last:
         module.to(memory_format=torch.channels_last)
 
     train_loader = build_train_loader(
         train_images, train_labels, policy=cfg.augment, batch_size=cfg.batch_size, device=device,
         seed=cfg.seed, drop_last=True, rank=dist_info.rank, world_size=dist_info.world_size,
-        workers=cfg.workers, cutout=cfg.cutout)
+        workers=cfg.workers, cutout=cfg.cutout, crop_pad=cfg.crop_pad, pad_mode=cfg.pad_mode,
+        flip_mode=cfg.flip_mode)
     # Every rank validates the whole split: simplest correct, and these splits are small.
     val_loader = build_eval_loader(val_images, val_labels, batch_size=cfg.eval_batch_size, device=device)
     tr = build_trainer(cfg, module, steps_per_epoch=len(train_loader), num_classes=data.num_classes,
                        mean=data.meta["mean"], std=data.meta["std"], device=device,
                        world_size=dist_info.world_size)
+    steps_total = total_steps(cfg.epochs, len(train_loader))
+    epochs_total = math.ceil(steps_total / len(train_loader))
     if main:
-        log.info("training %s on %s: %d train / %d val images, %d steps/epoch x %d epochs, %s%s -> %s",
+        log.info("training %s on %s: %d train / %d val images, %d steps/epoch x %g epochs = %d steps, %s%s -> %s",
                  cfg.model, data.meta.get("competition"), len(train_labels), len(val_labels),
-                 len(train_loader), cfg.epochs, tr.precision, ", channels_last" if cfg.channels_last else "",
-                 run_dir)
+                 len(train_loader), cfg.epochs, steps_total, tr.precision,
+                 ", channels_last" if cfg.channels_last else "", run_dir)
     # Per-rank streams for dropout/mixup; rank 0 keeps exactly the single-process stream.
     seed_everything(cfg.seed + 1000 * dist_info.rank)
 
     progress = _Progress()
     if cfg.resume:
         progress = resume_from(run_dir / "last.pt", tr, cfg, model_kwargs, data_info, dist_info.rank)
+        if tr.lookahead is not None:
+            tr.lookahead.resume(tr.global_step)
     elif main:
         fresh_run_dir(run_dir, cfg.overwrite)
     distributed.barrier()
@@ -323,13 +348,17 @@ def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
     epoch = progress.epoch
     last_plot = time.monotonic()
     try:
-        for epoch in range(progress.epoch + 1, cfg.epochs + 1):
+        for epoch in range(progress.epoch + 1, epochs_total + 1):
             if stopped_early:
                 break
             epoch_start = time.perf_counter()
             train_loader.set_epoch(epoch)
+            if whiten_conv is not None and whiten_conv.bias is not None and cfg.whiten_bias_epochs > 0:
+                # A frozen bias gets no gradient, so the optimizer skips it (no decay, no momentum).
+                whiten_conv.bias.requires_grad_(epoch <= cfg.whiten_bias_epochs)
             train = train_one_epoch(tr, train_loader, epoch, log_every=cfg.log_every, show_progress=show_bar,
-                                    desc=f"epoch {epoch}/{cfg.epochs}")
+                                    desc=f"epoch {epoch}/{epochs_total}",
+                                    max_steps=steps_total - (epoch - 1) * len(train_loader))
             distributed.sync_buffers(tr.module)
             row = _epoch_row(tr, val_loader, epoch, train, epoch_start)
             row = distributed.broadcast_object(row)  # rank 0's numbers drive every rank's decisions
@@ -343,7 +372,7 @@ def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
                 plot = time.monotonic() - last_plot >= CURVES_EVERY_S
                 _save_epoch(run_dir, tr, cfg, model_kwargs, data_info, progress, rng, improved, plot)
                 last_plot = time.monotonic() if plot else last_plot
-                _log_epoch(row, cfg.epochs, improved)
+                _log_epoch(row, epochs_total, improved)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, row)
             stopped_early = _patience_exhausted(cfg, progress)
@@ -382,6 +411,21 @@ def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
         log.info("best val accuracy %.4f at epoch %d -> %s", summary["best_val_acc"] or float("nan"),
                  summary["best_epoch"], run_dir / "best.pt")
     return summary
+
+
+def initialise(module: nn.Module, cfg: TrainConfig, train_images, mean, std, device) -> nn.Conv2d | None:
+    """dirac_init / whiten_init of cfg on `module`; returns the whitening conv (if any).
+
+    Runs on resume too (then the checkpoint overwrites the weights): whitening also freezes the
+    conv's weights, and the optimizer must be built without them."""
+    whiten_conv = first_conv(module) if cfg.whiten_init else None
+    if cfg.dirac_init:
+        dirac_init_(module, skip=(whiten_conv,) if whiten_conv is not None else ())
+    if whiten_conv is not None:
+        scale, shift = normalizer(mean, std, device)
+        sample = nhwc_to_nchw(train_images[: cfg.whiten_images]).to(device)
+        whiten_init_(whiten_conv, to_model_input(sample, scale, shift))
+    return whiten_conv
 
 
 def _epoch_row(tr: Trainer, val_loader, epoch: int, train: dict, epoch_start: float) -> dict[str, Any]:

@@ -24,10 +24,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
 
 
+def total_steps(epochs: float, steps_per_epoch: int) -> int:
+    """Optimizer steps of a run of `epochs` (fractional epochs round up to a whole step, as airbench)."""
+    return max(1, math.ceil(epochs * steps_per_epoch - 1e-9))
+
+
 def lr_factor(cfg, steps_per_epoch: int) -> Factor:
     if steps_per_epoch < 1:
         raise PipelineError("no training steps per epoch: the training set is smaller than one batch")
-    total = cfg.epochs * steps_per_epoch
+    total = total_steps(cfg.epochs, steps_per_epoch)
     base = SCHEDULES.get(cfg.schedule)(cfg, steps_per_epoch, total)
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if warmup <= 0:
@@ -72,6 +77,23 @@ def cosine(cfg, steps_per_epoch: int, total: int) -> Factor:
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     span = max(1, total - warmup)
     return lambda step: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, step - warmup) / span)))
+
+
+@SCHEDULES.register("triangle")
+def triangle(cfg, steps_per_epoch: int, total: int) -> Factor:
+    """Piecewise linear (airbench): lr_start_factor at step 0, 1 at step int(pct_start*total), then
+    lr_end_factor at the last step (total). pct_start 0 is a plain linear decay from the peak."""
+    if not 0.0 <= cfg.pct_start < 1.0:
+        raise PipelineError(f"--pct-start must be in [0, 1) for the triangle schedule, got {cfg.pct_start}")
+    start, end = cfg.lr_start_factor, cfg.lr_end_factor
+    peak = int(cfg.pct_start * total)
+
+    def factor(step: int) -> float:
+        if step < peak:
+            return start + (1.0 - start) * step / peak
+        return 1.0 + (end - 1.0) * min(1.0, (step - peak) / max(1, total - peak))
+
+    return factor
 
 
 @SCHEDULES.register("onecycle")

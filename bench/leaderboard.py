@@ -1,0 +1,169 @@
+"""`make leaderboard`: the recipes that fit this machine, each end to end, plus their greedy ensemble.
+
+Each (recipe, seed) is one `bench/quality.py` run (data -> train -> predict with every TTA level ->
+validate) into checkpoints/lb-<recipe>-s<seed>; a run whose figures exist for the same config file
+(sha256) and whose predictions are on disk is reused, so an interrupted leaderboard continues.
+Then every run is blended with Caruana's greedy selection (`pipeline ensemble --select greedy`).
+Greedy selection fits its weights on val, so its val accuracy flatters it; the table also gives a
+cross-fitted figure (select on one half of val, score on the other, both ways) and says plainly
+whether that beats the best single run.
+
+Writes bench/results/leaderboard.md and .json and, with --readme, the table between the
+leaderboard markers of README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.machine import machine_summary  # noqa: E402
+from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json, sha256_file  # noqa: E402
+from pipeline.ensemble import combine, correct_count  # noqa: E402
+from pipeline.info import markdown_table  # noqa: E402
+
+# PATH[:SEEDS]: airbench94's target is a mean over 2 seeds at least; a GPU runs 5 of everything.
+CPU_RECIPES = ("configs/airbench94.yaml:2", "configs/airbench94-muon.yaml", "configs/resnet20-cpu-quality.yaml")
+GPU_RECIPES = ("configs/airbench94.yaml", "configs/airbench94-muon.yaml", "configs/resnet20-cpu-quality.yaml",
+               "configs/resnet20-gpu-fast.yaml", "configs/resnet56-gpu-ensemble.yaml")
+README_START, README_END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
+
+
+def run_name(config: str, seed: int) -> str:
+    return f"lb-{Path(config).stem}-s{seed}"
+
+
+def run_recipe(args, config: str, seed: int, results_dir: Path) -> dict:
+    run = run_name(config, seed)
+    out = results_dir / f"{run}.json"
+    if out.is_file() and not args.rerun:
+        result = read_json(out)
+        if (result.get("config_sha256") == sha256_file(REPO / config)
+                and (REPO / args.runs_dir / run / "predict.json").is_file()):
+            print(f"== {run}: figures of {result['date']} reused ({out})", flush=True)
+            return result
+    cmd = [sys.executable, str(REPO / "bench" / "quality.py"), "--source", args.source, "--config", config,
+           "--seed", str(seed), "--run", run, "--out", str(out), "--runs-dir", args.runs_dir,
+           "--tta", args.tta]
+    print(f"\n== {run}: {' '.join(cmd[1:])}", flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+    return read_json(out)
+
+
+def ensemble(args, runs: list[str]) -> dict:
+    out = REPO / "submissions" / "leaderboard-predictions.csv"
+    subprocess.run([sys.executable, "-m", "pipeline", "ensemble", *runs, "--runs-dir", args.runs_dir,
+                    "--select", "greedy", "--rounds", str(args.rounds), "--out", str(out)], cwd=REPO, check=True)
+    sidecar = read_json(out.with_name(out.stem + ".ensemble.json"))
+    folders = [REPO / args.runs_dir / run for run in runs]
+    labels = np.load(folders[0] / "val_labels.npy")
+    val_logits = [np.load(f / "val_logits.npy") for f in folders]
+    members = {m["run"]: m["val_accuracy"] for m in sidecar["members"]}
+    plain = correct_count(combine("prob", val_logits, np.ones(len(runs))), labels) / len(labels)
+    return {"runs": runs, "weights": sidecar["weights"], "greedy_val_acc": sidecar["val_accuracy"],
+            "crossfit_val_acc": sidecar["val_accuracy_crossfit"],
+            "mean_of_all_val_acc": plain, "best_member": max(members, key=members.get),
+            "best_member_val_acc": max(members.values()), "submission": str(out.relative_to(REPO))}
+
+
+def pct(value) -> str:
+    return f"{100 * value:.2f}" if value is not None else "-"
+
+
+def recipe_rows(results: list[dict]) -> list[list[str]]:
+    rows = []
+    by_config: dict[str, list[dict]] = {}
+    for r in results:
+        by_config.setdefault(r["config"], []).append(r)
+    for config, group in by_config.items():
+        def mean(values):
+            values = [v for v in values if v is not None]
+            return statistics.fmean(values) if values else None
+
+        best_level = max(group[0]["tta_val_acc"], key=lambda lv: mean(g["tta_val_acc"][lv] for g in group))
+        rows.append([
+            Path(config).stem, f"{group[0]['epochs']:g}", ", ".join(str(g["seed"]) for g in group),
+            pct(mean(g["tta_val_acc"].get("none") for g in group)),
+            pct(mean(g["tta_val_acc"].get("flip") for g in group)),
+            f"{pct(mean(g['tta_val_acc'][best_level] for g in group))} ({best_level})",
+            f"{mean(g['seconds']['train'] for g in group):.0f}",
+            f"{mean(g['seconds']['predict'] for g in group):.0f}",
+            f"{mean(g['train_img_per_s'] for g in group):.0f}",
+        ])
+    return rows
+
+
+def render(results: list[dict], blend: dict | None, machine: dict) -> str:
+    headers = ["recipe", "epochs", "seeds", "val none %", "val flip %", "val best TTA %", "train s",
+               "predict s", "train img/s"]
+    lines = [f"Measured {dt.date.today().isoformat()} on {machine['label']}, torch {machine['torch']}; "
+             "shared CIFAR-10 bundle (JPEG), 45,000 train / 5,000 val images, final weights "
+             "(--checkpoint last); val accuracy is the mean over seeds.", "",
+             markdown_table(headers, recipe_rows(results))]
+    if blend is not None:
+        verdict = ("beats" if blend["crossfit_val_acc"] > blend["best_member_val_acc"] else "does not beat")
+        weights = ", ".join(f"{run} x{w:g}" for run, w in zip(blend["runs"], blend["weights"]) if w)
+        lines += ["", f"Greedy ensemble ({weights}): {pct(blend['greedy_val_acc'])}% val with weights fitted on "
+                  f"val (optimistic); cross-fitted (fit on half of val, score on the other half) "
+                  f"{pct(blend['crossfit_val_acc'])}%; plain mean of all runs {pct(blend['mean_of_all_val_acc'])}%. "
+                  f"Best single run: {blend['best_member']} {pct(blend['best_member_val_acc'])}%, so the "
+                  f"ensemble {verdict} its best member (cross-fitted figure)."]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(table: str) -> None:
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme}: no {README_START} ... {README_END} markers to put the table between")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    atomic_write_text(readme, f"{head}{README_START}\n{table}{README_END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", required=True, help="the Kaggle-style CIFAR-10 zip")
+    on_gpu = torch.cuda.is_available()
+    parser.add_argument("--recipes", nargs="+", default=list(GPU_RECIPES if on_gpu else CPU_RECIPES),
+                        metavar="CONFIG[:SEEDS]")
+    parser.add_argument("--seeds", type=int, default=5 if on_gpu else 1, help="seeds of a recipe without :N")
+    parser.add_argument("--tta", default="none,flip,flip+shift,airbench")
+    parser.add_argument("--rounds", type=int, default=20, help="greedy selection rounds")
+    parser.add_argument("--runs-dir", default="checkpoints")
+    parser.add_argument("--rerun", action="store_true", help="retrain even where figures exist")
+    parser.add_argument("--no-readme", dest="readme", action="store_false")
+    args = parser.parse_args()
+
+    results_dir = REPO / "bench" / "results" / "leaderboard"
+    plan = []
+    for item in args.recipes:
+        config, _, count = item.partition(":")
+        plan += [(config, seed) for seed in range(int(count) if count else args.seeds)]
+    results = [run_recipe(args, config, seed, results_dir) for config, seed in plan]
+    runs = [r["run"] for r in results]
+    blend = ensemble(args, runs) if len(runs) > 1 else None
+    machine = machine_summary()
+    table = render(results, blend, machine)
+    print("\n" + table)
+    atomic_write_text(REPO / "bench" / "results" / "leaderboard.md", table)
+    atomic_write_json(REPO / "bench" / "results" / "leaderboard.json",
+                      {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine,
+                       "runs": results, "ensemble": blend})
+    if args.readme:
+        update_readme(table)
+        print("README.md leaderboard table updated")
+
+
+if __name__ == "__main__":
+    main()
