@@ -53,9 +53,12 @@ def pad_images(images: torch.Tensor, pad: int, mode: str = "zero") -> torch.Tens
 def crop_sources(images: torch.Tensor, pad: int, mirror: bool, mode: str = "zero") -> torch.Tensor:
     """(K, N, C, H+2pad, W+2pad): NCHW images (any strides) padded (zero or reflect), then (mirror)
     their left-right flips; the pad of a flip is the flip of a pad in both modes."""
-    padded = pad_images(images, pad, mode).contiguous()  # the NHWC source may come in as a permuted view
-    copies = (padded, padded.flip(-1)) if mirror else (padded,)
-    return torch.stack(copies)
+    padded = pad_images(images, pad, mode)
+    sources = padded.new_empty((2 if mirror else 1, *padded.shape))  # contiguous, whatever padded's strides
+    sources[0] = padded
+    if mirror:
+        sources[1] = sources[0].flip(-1)
+    return sources
 
 
 def gather_crops(
@@ -116,7 +119,7 @@ class FastTrainLoader:
         self.device = torch.device(device)
         if flip_mode not in FLIP_MODES:
             raise PipelineError(f"unknown flip mode '{flip_mode}'; choose from: {', '.join(FLIP_MODES)}")
-        self.pad, self.flip, self.cutout, self.flip_mode = pad, flip, cutout, flip_mode
+        self.pad, self.flip, self.cutout = pad, flip, cutout
         self.size = tuple(images.shape[1:3])
         self.epoch = 0
         nchw_view = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
