@@ -162,3 +162,17 @@ def test_grad_clip_bounds_the_update_norm():
     train_one_epoch(tr, _batches(1), epoch=1)
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert (after - before).norm().item() == pytest.approx(0.1 * 0.5, rel=1e-4)  # lr * max_norm
+
+
+def test_micro_batches_accumulate_the_whole_batch_gradient_and_report_its_loss():
+    # Without BatchNorm the slices' weighted gradients sum to the batch's: one SGD step from the same
+    # weights must land on the same weights, and the reported loss/accuracy must be the batch's.
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 4))
+    whole, sliced = net(), net()
+    a = train_one_epoch(_trainer(whole, lr=0.5), _batches(1, bs=6), epoch=1)
+    b = train_one_epoch(_trainer(sliced, lr=0.5, micro_batch_size=4), _batches(1, bs=6), epoch=1)  # 4 + 2
+    for p, q in zip(whole.parameters(), sliced.parameters()):
+        torch.testing.assert_close(p, q)
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-6) and b["acc"] == a["acc"] and b["samples"] == 6

@@ -30,6 +30,9 @@ class TrainConfig:
     epochs: float = _opt(30, "Number of epochs; a fraction ends the schedule inside the last epoch (9.9).")
     batch_size: int = _opt(128, "Training batch size per process.")
     eval_batch_size: int = _opt(512, "Validation batch size.")
+    micro_batch_size: int = _opt(0, "Run each batch's forward/backward in slices of this many images and "
+                                    "accumulate their gradients (0 = whole batch): the same step in less "
+                                    "memory; BatchNorm then normalises each slice separately.")
     # optimizer
     optimizer: str = _opt("sgd", "Optimizer: sgd, adam, adamw, rmsprop, adagrad, adamax.")
     lr: float = _opt(0.1, "Peak learning rate.")
@@ -112,6 +115,7 @@ def check_config(cfg: TrainConfig) -> None:
         ("epochs", cfg.epochs > 0, "positive"),
         ("batch_size", cfg.batch_size >= 1, "at least 1"),
         ("eval_batch_size", cfg.eval_batch_size >= 1, "at least 1"),
+        ("micro_batch_size", cfg.micro_batch_size >= 0, "0 (whole batch) or a slice size"),
         ("lr", cfg.lr > 0, "positive"),
         ("weight_decay", cfg.weight_decay >= 0, "non-negative"),
         ("l1", cfg.l1 >= 0, "non-negative"),

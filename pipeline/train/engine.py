@@ -8,6 +8,8 @@ a run that --resume continues to the same result.
 """
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import logging
 import math
@@ -90,6 +92,7 @@ class Trainer:
     grad_clip: float = 0.0
     l1: float = 0.0
     l1_params: list[nn.Parameter] = field(default_factory=list)
+    micro_batch: int = 0  # forward/backward in slices of this many images (0 = the whole batch)
 
     @property
     def global_step(self) -> int:
@@ -151,7 +154,7 @@ def build_trainer(
         model=model, module=module, eval_model=eval_model, optimizer=optimizer, scheduler=scheduler,
         scaler=scaler, criterion=criterion, inputs=ModelInput(*normalizer(mean, std, device), cfg.channels_last),
         device=device, precision=precision, ema=ema, lookahead=lookahead, mixup=mixup, grad_clip=cfg.grad_clip,
-        l1=cfg.l1, l1_params=decayed_parameters(module) if cfg.l1 else [],
+        l1=cfg.l1, l1_params=decayed_parameters(module) if cfg.l1 else [], micro_batch=cfg.micro_batch_size,
     )
 
 
@@ -181,12 +184,8 @@ def train_one_epoch(
         targets = labels
         if tr.mixup is not None:
             x, targets = tr.mixup(x, labels)
-        with autocast(tr.device, tr.precision):
-            logits = tr.model(x)
-            loss = tr.criterion(logits, targets)
-            objective = loss + tr.l1 * l1_penalty(tr.l1_params) if tr.l1 else loss
         tr.optimizer.zero_grad(set_to_none=True)
-        tr.scaler.scale(objective).backward()
+        logits, loss = _forward_backward(tr, x, targets)
         if tr.grad_clip > 0:
             tr.scaler.unscale_(tr.optimizer)
             nn.utils.clip_grad_norm_(tr.module.parameters(), tr.grad_clip)
@@ -233,6 +232,36 @@ def train_one_epoch(
         "seconds": seconds,
         "img_per_s": total_seen / seconds if seconds > 0 else float("nan"),
     }
+
+
+def _forward_backward(tr: Trainer, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of the batch's mean loss (+ L1); returns the batch's logits and mean loss.
+
+    With tr.micro_batch the batch runs in slices whose losses are weighted by their share of the
+    batch, so the accumulated gradient is the whole batch's (gradient accumulation). Smaller
+    activations can be faster on a CPU's caches; BatchNorm then normalises each slice on its own.
+    """
+    n = x.shape[0]
+    size = tr.micro_batch if 0 < tr.micro_batch < n else n
+    slices = list(zip(x.split(size), targets.split(size)))
+    all_logits, losses = [], []
+    for i, (xs, ts) in enumerate(slices):
+        last = i == len(slices) - 1
+        # DDP all-reduces on every backward: only the last slice's may sync
+        sync = contextlib.nullcontext() if last or not hasattr(tr.model, "no_sync") else tr.model.no_sync()
+        with sync:
+            with autocast(tr.device, tr.precision):
+                logits = tr.model(xs)
+                loss = tr.criterion(logits, ts)
+                objective = loss * (xs.shape[0] / n)
+                if tr.l1 and i == 0:
+                    objective = objective + tr.l1 * l1_penalty(tr.l1_params)
+            tr.scaler.scale(objective).backward()
+        all_logits.append(logits.detach())
+        losses.append(loss.detach() * (xs.shape[0] / n))
+    if len(slices) == 1:
+        return all_logits[0], losses[0]
+    return torch.cat(all_logits), torch.stack(losses).sum()
 
 
 @torch.inference_mode()
