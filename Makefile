@@ -29,6 +29,10 @@ RUNS_DIR ?= checkpoints
 SUBMISSION ?= submissions/predictions.csv
 NAME ?= sweep
 GRID ?=
+LAB ?=
+SCALE ?= quick
+LAB_ARGS ?=
+LABS := $(basename $(notdir $(wildcard configs/labs/*.yaml)))
 SHARED_BUNDLE ?= ../shared/competitions/cifar10-jpg/cifar10-jpg.zip
 
 DATA_DIR := $(DATA_ROOT)/$(COMPETITION)
@@ -53,7 +57,7 @@ DATA_PARAMS = $(call params_file,data-$(COMPETITION).args,$(DATA_ARGS))
 TRAIN_PARAMS = $(call params_file,train-$(RUN).args,$(TRAIN_CMD_ARGS))
 PREDICT_PARAMS = $(call params_file,predict-$(RUN).args,$(PREDICT_ARGS))
 
-.PHONY: help venv data train predict ensemble submit validate report sweep demo smoke test bench bench-models bench-engine quality leaderboard info zoo clean-demo
+.PHONY: help venv data train predict ensemble submit validate report sweep lab demo smoke test bench bench-models bench-engine quality leaderboard info zoo clean-demo
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -97,6 +101,10 @@ report: $(RUN_DIR)/manifest.json ## Self-contained HTML report of RUN (curves, c
 
 sweep: $(DATA_DIR)/meta.json ## Optuna sweep: NAME=lr-study CONFIG=configs/x.yaml GRID="--grid lr=0.1,0.01"
 	$(PY) -m pipeline sweep --name $(NAME) $(if $(CONFIG),--base-config $(CONFIG)) --set data=$(DATA_DIR) $(GRID)
+
+lab: $(VENV_STAMP) ## A course lab beside its report: LAB=ece661-simplenn SCALE=quick|full (LAB_ARGS=--list)
+	@$(if $(LAB)$(filter --list,$(LAB_ARGS)),,echo "make lab: give LAB=<name> ($(LABS))" >&2; exit 2)
+	$(PY) -m pipeline lab $(LAB) --scale $(SCALE) $(LAB_ARGS)
 
 info: $(VENV_STAMP) ## Per-layer params/MACs of MODEL
 	$(PY) -m pipeline info --model $(MODEL)

@@ -23,6 +23,7 @@ COMMANDS = {
     "validate": ("pipeline.submission:validate_command", "Check a predictions file against the sample submission."),
     "submit": ("pipeline.submit:command", "Validate, then upload to Kaggle; every try goes in the ledger."),
     "sweep": ("pipeline.sweep:command", "Grid or random search of training settings (Optuna)."),
+    "lab": ("pipeline.lab:command", "A course lab's experiments (configs/labs/NAME.yaml), ours beside the report's."),
     "report": ("pipeline.report:command", "One self-contained HTML report of a run."),
     "compare": ("pipeline.report:compare_command", "Overlay the curves of several runs and tabulate them."),
 }

@@ -124,7 +124,8 @@ def test_simplenn_and_lenet5_options():
 
 
 @pytest.mark.parametrize("act, kind", [("relu", nn.ReLU), ("swish", nn.SiLU), ("elu", nn.ELU),
-                                       ("leaky_relu", nn.LeakyReLU), ("gelu", nn.GELU)])
+                                       ("leaky_relu", nn.LeakyReLU), ("gelu", nn.GELU),
+                                       ("tanh", nn.Tanh)])
 def test_activation_choices(act, kind):
     model = create_model("lenet5", num_classes=10, in_chans=1, input_size=(1, 28, 28), act=act)
     assert count(model, kind) == 4
@@ -216,7 +217,7 @@ def test_unknown_option_lists_options():
 
 @pytest.mark.parametrize("name, opts, message", [
     ("resnet20", {"shortcut": "C"}, r"shortcut='C' is not one of: A, B"),
-    ("simplenn", {"act": "tanh"}, r"act='tanh' is not one of: elu, gelu, leaky_relu, relu, swish"),
+    ("simplenn", {"act": "sigmoid"}, r"act='sigmoid' is not one of: elu, gelu, leaky_relu, relu, swish, tanh"),
     ("lenet5", {"dropout": 1.5}, r"dropout=1.5 must be a number in \[0, 1\)"),
 ])
 def test_invalid_option_values(name, opts, message):

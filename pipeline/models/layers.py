@@ -19,6 +19,7 @@ ACTIVATIONS.register("swish")(nn.SiLU)
 ACTIVATIONS.register("elu")(nn.ELU)
 ACTIVATIONS.register("leaky_relu")(functools.partial(nn.LeakyReLU, 0.01))
 ACTIVATIONS.register("gelu")(nn.GELU)
+ACTIVATIONS.register("tanh")(nn.Tanh)
 
 
 def make_act(name: str, model: str | None = None) -> nn.Module:
@@ -92,6 +93,7 @@ def init_weights(model: nn.Module, scheme: str) -> None:
 
 # A feature spec is a list of: int (3x3 conv, padding `padding`, to that many channels),
 # (channels, kernel) (a kxk conv), "M" (2x2 max pool) or "A" (2x2 average pool).
+# padding="same" pads every kxk conv by k // 2, so odd kernels keep the feature map's size.
 FeatureSpec = Sequence["int | tuple[int, int] | str"]
 
 
@@ -112,9 +114,12 @@ class ConvNet(nn.Module):
         in_chans: int,
         input_size: Sequence[int],
         hidden: Sequence[int] = (),
-        padding: int = 0,
+        padding: int | str = 0,
         bn: bool = False,
         fc_bn: bool | Sequence[bool] = False,
+        fc_bn_affine: bool = True,
+        head_bn: bool = False,
+        head_bias: bool = True,
         act: str = "relu",
         dropout: float = 0.0,
         init: str = "default",
@@ -132,11 +137,12 @@ class ConvNet(nn.Module):
                 h, w = pool_out(h, 2, ceil_mode=True), pool_out(w, 2, ceil_mode=True)
                 continue
             out, k = (item, 3) if isinstance(item, int) else item
-            layers.append(nn.Conv2d(chans, out, k, padding=padding, bias=not bn))
+            pad = k // 2 if padding == "same" else padding
+            layers.append(nn.Conv2d(chans, out, k, padding=pad, bias=not bn))
             if bn:
                 layers.append(nn.BatchNorm2d(out))
             layers.append(make_act(act))
-            h, w = conv_out(h, k, padding=padding), conv_out(w, k, padding=padding)
+            h, w = conv_out(h, k, padding=pad), conv_out(w, k, padding=pad)
             check_positive(name, input_size, h, w)
             chans = out
         check_positive(name, input_size, h, w)
@@ -146,14 +152,17 @@ class ConvNet(nn.Module):
         head: list[nn.Module] = [nn.Flatten()]
         width = chans * h * w
         for out, use_bn in zip(hidden, fc_bns, strict=True):
-            head.append(nn.Linear(width, out, bias=not use_bn))
+            # Without affine the BN has no shift, so the Linear keeps its bias.
+            head.append(nn.Linear(width, out, bias=not (use_bn and fc_bn_affine)))
             if use_bn:
-                head.append(nn.BatchNorm1d(out))
+                head.append(nn.BatchNorm1d(out, affine=fc_bn_affine))
             head.append(make_act(act))
             if dropout:
                 head.append(nn.Dropout(dropout))
             width = out
-        head.append(nn.Linear(width, num_classes))
+        if head_bn:  # BatchNorm1d on the classifier's input (after the last hidden activation)
+            head.append(nn.BatchNorm1d(width))
+        head.append(nn.Linear(width, num_classes, bias=head_bias))
         self.classifier = nn.Sequential(*head)
         init_weights(self, init)
 

@@ -1,0 +1,123 @@
+"""`python -m pipeline lab NAME --scale quick|full`: a course report's experiments, ours beside theirs.
+
+A lab is a preset, configs/labs/NAME.yaml (see spec.py for its keys): the report's base settings,
+its experiments as named variants with the report's own numbers, the figures to draw and the
+settings of each scale. The lab trains every distinct configuration once per seed through the
+sweep machinery (resumable after a kill) and writes, in sweeps/lab-NAME[-quick]/, results.md,
+results.csv and report.html with ours vs the report and a trend line per experiment.
+
+    spec.py     preset parsing and checking, expansion into Points (shared between experiments)
+    run.py      data preparation, one sweep per Point (a grid over the seeds)
+    results.py  outcomes per variant, tables, trend lines
+    page.py     report.html with the figures
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+def machine() -> str:
+    """CPU model, bf16 support and usable cores, e.g. 'Intel(R) Xeon(R) Processor (avx512_bf16, amx_bf16), 2 cores'."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        found = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        name = found.group(1).strip() if found else name
+        flags = set(re.findall(r"\b(avx512_bf16|amx_bf16)\b", text))
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    extra = f" ({', '.join(sorted(flags, reverse=True))})" if flags else ""
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    except Exception:  # noqa: BLE001 - the description must never fail the lab
+        pass
+    return f"{name}{extra}, {cores} cores{gpu}"
+
+
+def write_outputs(lab, started: float | None = None, figures: bool = True) -> dict[str, Any]:
+    """results.md, results.csv, report.html and manifest.json of the lab as it stands now."""
+    from pipeline.artifacts import atomic_write_text, write_manifest
+    from pipeline.lab import results
+
+    collected = results.collect(lab)
+    host = machine()
+    atomic_write_text(lab.folder / "results.md", results.results_markdown(lab, collected, host))
+    atomic_write_text(lab.folder / "results.csv", results.results_csv(collected))
+    outputs = ["results.md", "results.csv"]
+    if figures:
+        from pipeline.lab.page import render_page
+
+        atomic_write_text(lab.folder / "report.html", render_page(lab, collected, host))
+        outputs.append("report.html")
+    trends = {exp.name: results.trend(exp, collected[exp.name]) for exp in lab.spec.experiments}
+    write_manifest(lab.folder, "lab", inputs=[lab.spec.path], outputs=outputs,
+                   config={"lab": lab.spec.name, "scale": lab.scale, "data": lab.data, "overrides": lab.overrides},
+                   metrics={"machine": host, "trends": trends,
+                            "finished": sum(len(o.accs) for os_ in collected.values() for o in os_)},
+                   started=started)
+    return collected
+
+
+@click.command("lab")
+@click.argument("name", required=False)
+@click.option("--scale", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
+              help="quick: small data, 1-2 epochs (checks the lab end to end); full: the report's settings.")
+@click.option("--data", default=None, type=click.Path(file_okay=False),
+              help="A prepared data folder to use instead of the preset's (e.g. your own Fashion-MNIST).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a training key for every run (e.g. device=cuda, workers=0, epochs=1).")
+@click.option("--labs-dir", default="configs/labs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--sweeps-dir", default="sweeps", show_default=True, type=click.Path(file_okay=False))
+@click.option("--max-points", type=int, default=None, help="Train at most this many configurations in this call.")
+@click.option("--report-only", is_flag=True, help="Only rewrite results.md and report.html from the runs so far.")
+@click.option("--no-figures", is_flag=True, help="Skip report.html (results.md only).")
+@click.option("--list", "list_only", is_flag=True, help="List the presets and their experiments.")
+def command(name, scale, data, sets, labs_dir, sweeps_dir, max_points, report_only, no_figures, list_only):
+    """Run a course lab's experiments and put our numbers beside the report's."""
+    from pipeline.lab.run import LabRun, lab_folder, prepare_data, run_lab
+    from pipeline.lab.spec import list_labs, load_lab
+    from pipeline.sweep.spec import parse_sets
+
+    if list_only:
+        for lab_name in list_labs(labs_dir):
+            spec = load_lab(lab_name, labs_dir)
+            points = len(spec.unique_points(scale))
+            click.echo(f"{lab_name}: {spec.title} ({len(spec.experiments)} experiments, {points} configurations "
+                       f"at {scale} scale; full: {spec.scale('full').expected_time or 'time not stated'})")
+        return
+    if not name:
+        raise PipelineError(f"name a lab: {', '.join(list_labs(labs_dir)) or 'none in ' + labs_dir}")
+    spec = load_lab(name, labs_dir)
+    overrides = parse_sets(sets)
+    started = time.time()
+    if report_only:
+        lab = LabRun(spec, scale, lab_folder(name, scale, sweeps_dir), prepare_data(spec, scale, data), overrides)
+        if not lab.folder.is_dir():
+            raise PipelineError(f"{lab.folder}: the lab has not been run at this scale")
+    else:
+        try:
+            lab = run_lab(spec, scale, sweeps_dir=sweeps_dir, data=data, overrides=overrides, max_points=max_points)
+        except KeyboardInterrupt:
+            lab = LabRun(spec, scale, lab_folder(name, scale, sweeps_dir), prepare_data(spec, scale, data), overrides)
+            write_outputs(lab, started, figures=False)
+            raise
+    write_outputs(lab, started, figures=not no_figures)
+    click.echo((lab.folder / "results.md").read_text(encoding="utf-8"), nl=False)
+    click.echo(f"-> {lab.folder / 'results.md'}" + ("" if no_figures else f", {lab.folder / 'report.html'}"))

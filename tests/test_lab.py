@@ -1,0 +1,295 @@
+"""`pipeline lab`: presets parse and expand to the report's experiments; a quick lab on tiny data
+writes results.md / report.html with ours vs the report, trend lines and figures; a killed lab resumes."""
+from __future__ import annotations
+
+import gzip
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.errors import PipelineError
+from pipeline.lab import results
+from pipeline.lab.run import LabRun, lab_folder, run_lab
+from pipeline.lab.spec import Experiment, LabSpec, list_labs, load_lab, parse_lab
+
+PRESETS = ["cmpe597-cnn3", "cs535-cnn4", "cs5787-lenet5-fmnist", "ece590-lenet5", "ece590-vgg19-elu",
+           "ece661-resnet20", "ece661-simplenn"]
+
+
+@pytest.fixture
+def labs_dir(repo_root):
+    return repo_root / "configs" / "labs"
+
+
+# -- presets ---------------------------------------------------------------------------------------
+
+def test_all_presets_ship_and_parse(labs_dir):
+    assert list_labs(labs_dir) == PRESETS
+    for name in PRESETS:
+        spec = load_lab(name, labs_dir)
+        for scale in ("quick", "full"):
+            assert spec.unique_points(scale), (name, scale)
+        assert all(v.report is None or 0 < v.report <= 1 for e in spec.experiments for v in e.variants)
+
+
+def test_ece661_simplenn_expands_to_the_reports_experiments(labs_dir):
+    spec = load_lab("ece661-simplenn", labs_dir)
+    assert [e.name for e in spec.experiments] == ["augmentation", "batchnorm", "lr-without-bn", "lr-with-bn", "lr",
+                                                  "l2", "l1-vs-l2", "activation", "lr-decay"]
+    # 2+2+3+3+6+5+2+2+3 = 28 variants; shared: the BN baseline (in batchnorm, lr, l2, l1-vs-l2, activation),
+    # no-BN crop+flip (augmentation, batchnorm), no-aug no-BN (augmentation, lr-decay), lr 0.05/0.1 with BN
+    # (lr-with-bn, lr): 3 + 3 (lr no BN) + 3 (lr BN) + 3 (0.001, 0.005, 1) + 4 (L2) + L1 + Swish + 2 decays = 20
+    points = spec.points("quick")
+    assert len(points) == 28 and len(spec.unique_points("quick")) == 20
+    assert points[("batchnorm", "BN")] == points[("l2", "L2 1e-4")] == points[("activation", "ReLU")]
+    assert points[("augmentation", "no augmentation")] == points[("lr-decay", "none")]
+    swish = points[("activation", "Swish")].settings
+    assert swish["model_opts.act"] == "swish" and swish["model_opts.bn"] is True and swish["lr"] == 0.01
+    assert points[("lr", "lr 1")].settings["lr"] == 1.0
+    # quick caps the epochs, full keeps the report's 30
+    assert points[("lr", "lr 1")].settings["epochs"] == 2
+    assert spec.points("full")[("lr", "lr 1")].settings["epochs"] == 30
+    reports = {v.label: v.report for v in spec.experiments[4].variants}
+    assert reports == {"lr 0.001": 0.6830, "lr 0.005": 0.7288, "lr 0.01": 0.7400, "lr 0.05": 0.7314,
+                       "lr 0.1": 0.7012, "lr 1": 0.1054}
+    assert spec.experiments[6].figures == ("curves", "weights")
+
+
+def test_percent_presets_and_last_epoch_metric(labs_dir):
+    spec = load_lab("ece590-lenet5", labs_dir)
+    assert spec.ours == "last"  # the report quotes accuracy at epoch 29
+    base = spec.points("full")[("augmentation", "lab policy")].settings
+    assert (base["model"], base["augment"], base["nesterov"], base["step_epochs"], base["gamma"]) == \
+        ("lenet5", "lab", True, 2, 0.96)
+    aug = spec.experiments[0]
+    assert [v.report for v in aug.variants] == [pytest.approx(0.6404), pytest.approx(0.6770)]
+    cmpe = load_lab("cmpe597-cnn3", labs_dir)
+    assert {v.label: round(v.report, 4) for v in cmpe.experiments[0].variants} == \
+        {"Adam": 0.83, "SGD momentum 0.9": 0.8003, "Adagrad": 0.7192, "RMSprop": 0.8206}
+    assert cmpe.base["early_stop_patience"] == 5 and cmpe.experiments[-1].figures == ("curves", "tsne")
+
+
+def preset(**changes) -> dict:
+    data = {
+        "title": "t", "source": "s", "metric": "val accuracy",
+        "base": {"model": "simplenn", "epochs": 1, "schedule": "constant"},
+        "scales": {"quick": {"data": {"competition": "digits"}}, "full": {"data": {"competition": "digits"}}},
+        "experiments": [{"name": "e", "variants": [{"label": "a", "set": {}, "report": 0.5}]}],
+    }
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"colour": 1}, r"lab\.yaml: unknown key colour"),
+    ({"unit": "permille"}, r"unit 'permille' must be one of fraction, percent"),
+    ({"base": {"model": "simplenn", "lr": "fast"}}, r"config key 'lr' expects a number, got 'fast'"),
+    ({"base": {"model": "simplenn", "model_opts": {"width": 2}}}, r"model 'simplenn' has no option width"),
+    ({"base": {"model": "simplenn", "run": "x"}}, r"run is set by the lab itself"),
+    ({"experiments": [{"name": "e", "claim": "c", "variants": [{"label": "a"}]}]},
+     r"experiments\[0\] \(e\): a claim compares two variants, this experiment has 1"),
+    ({"experiments": [{"name": "e", "figures": ["pie"], "variants": [{"label": "a"}]}]},
+     r"figure pie must be one of curves, weights, tsne"),
+    ({"experiments": [{"name": "e", "variants": [{"label": "a", "report": "high"}]}]},
+     r"variants\[0\]: report must be a number or null"),
+    ({"scales": {"quick": {"data": {"competition": "digits"}}}}, r"missing scale full"),
+])
+def test_preset_errors_are_one_line_naming_the_file(tmp_path, changes, message):
+    with pytest.raises(PipelineError, match=message):
+        parse_lab("lab", tmp_path / "lab.yaml", preset(**changes))
+
+
+def test_unknown_lab_lists_the_presets(labs_dir):
+    with pytest.raises(PipelineError, match=r"no such lab; labs: cmpe597-cnn3, cs535-cnn4"):
+        load_lab("ece999", labs_dir)
+
+
+# -- trend lines -----------------------------------------------------------------------------------
+
+def outcome(label, report, accs):
+    return results.Outcome(label, report, "p", accs=list(accs))
+
+
+def test_trend_line_of_a_claim():
+    exp = Experiment("aug", "Aug", [], claim="augmentation raised val accuracy")
+    agree = [outcome("none", 0.657, [0.50, 0.52]), outcome("crop+flip", 0.7286, [0.60, 0.61])]
+    assert results.trend(exp, agree) == "augmentation raised val accuracy: report yes, ours yes (agree)"
+    disagree = [outcome("none", 0.657, [0.60]), outcome("crop+flip", 0.7286, [0.55])]
+    assert results.trend(exp, disagree) == "augmentation raised val accuracy: report yes, ours no (disagree)"
+    noisy = [outcome("none", 0.657, [0.50, 0.60]), outcome("crop+flip", 0.7286, [0.56, 0.57])]
+    assert results.trend(exp, noisy).endswith("(agree); our difference is within the seed spread")
+    pending = [outcome("none", 0.657, []), outcome("crop+flip", 0.7286, [0.6])]
+    assert results.trend(exp, pending) == "augmentation raised val accuracy: report yes, ours -"
+
+
+def test_trend_line_of_an_ordering():
+    exp = Experiment("lr", "lr", [])
+    rows = [outcome("lr 0.001", 0.683, [0.4]), outcome("lr 0.01", 0.74, [0.6]), outcome("lr 1", 0.1054, [0.5])]
+    # pairs: (0.001, 0.01) agree, (0.001, 1) report 0.683 > 0.1054 but ours 0.4 < 0.5, (0.01, 1) agree
+    assert results.trend(exp, rows) == "best: report lr 0.01; ours lr 0.01; pairwise order agrees on 2/3 pairs"
+    no_report = [outcome("a", None, [0.4]), outcome("b", None, [0.6])]
+    assert results.trend(exp, no_report) == "best ours b; the report gives no numbers here"
+
+
+def test_ours_cell_shows_mean_spread_and_divergence():
+    o = results.Outcome("x", 0.5, "p", accs=[0.60, 0.64, 0.1], diverged=1)
+    assert results.ours_cell(o) == "44.67 ± 27.00 (n=3, 1 diverged)"
+    assert results.ours_cell(results.Outcome("y", 0.5, "p", pending=2)) == "pending"
+
+
+# -- running a lab on tiny data -------------------------------------------------------------------
+
+TINY = {
+    "title": "Tiny lab", "source": "a test", "metric": "val accuracy", "unit": "percent",
+    "base": {"model": "lenet5", "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4,
+             "batch_size": 64, "epochs": 30, "schedule": "constant", "augment": "none", "workers": 0,
+             "save_every": 1, "log_every": 5},
+    "scales": {"quick": {"data": {"competition": "digits", "limit": 400}, "cap": {"epochs": 3}, "seeds": 2},
+               "full": {"data": {"competition": "digits"}, "seeds": 1}},
+    "experiments": [
+        {"name": "bn", "title": "BatchNorm", "claim": "BN raised val accuracy", "variants": [
+            {"label": "no BN", "set": {}, "report": 60.0}, {"label": "BN", "set": {"model_opts": {"bn": True}},
+                                                             "report": 70.0}]},
+        {"name": "l1-vs-l2", "figures": ["curves", "weights"], "variants": [
+            {"label": "L2", "set": {}}, {"label": "L1", "set": {"weight_decay": 0.0, "l1": 1e-3}}]},
+        {"name": "tsne", "figures": ["tsne"], "variants": [{"label": "no BN", "set": {}, "report": 60.0}]},
+    ],
+}
+
+
+@pytest.fixture
+def tiny_lab(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the data stage writes data/digits here
+    labs = tmp_path / "labs"
+    labs.mkdir()
+    (labs / "tiny.yaml").write_text(yaml.safe_dump(TINY), encoding="utf-8")
+    return labs
+
+
+def test_quick_lab_writes_ours_vs_report_with_trends_and_figures(tiny_lab, tmp_path, capsys):
+    main(["lab", "tiny", "--scale", "quick", "--labs-dir", str(tiny_lab), "--sweeps-dir", "sweeps"])
+    folder = tmp_path / "sweeps" / "lab-tiny-quick"
+    md = (folder / "results.md").read_text()
+    assert "| variant | report | ours | ours - report | epochs | seconds | runs |" in md
+    # 3 distinct configurations (no BN is shared by bn, l1-vs-l2's L2 and tsne), 2 seeds each
+    assert len(list((folder / "runs").iterdir())) == 6
+    bn_row = next(line for line in md.splitlines() if line.startswith("| no BN |"))
+    assert re.match(r"\| no BN \| 60\.00 \| \d+\.\d\d ± \d+\.\d\d \(n=2\) \| [+-]\d+\.\d\d \| 3/3 \|", bn_row)
+    assert re.search(r"Trend: BN raised val accuracy: report yes, ours (yes|no) \((agree|disagree)\)", md)
+    assert "Trend: best ours L" in md and "the report gives no numbers here" in md
+    assert "Machine: " in md and "cores" in md
+    page = (folder / "report.html").read_text()
+    for figure in ("bn-curves.png", "l1-vs-l2-curves.png", "l1-vs-l2-weights.png", "tsne-tsne-no-bn.png"):
+        assert f"lab-tiny-quick/{figure}" in page, figure
+    assert page.count("data:image/png;base64,") == 4
+    assert "Trend:</b> BN raised val accuracy: report yes" in page
+    csv_text = (folder / "results.csv").read_text().splitlines()
+    assert csv_text[0].startswith("experiment,variant,report,ours_mean,ours_spread,n")
+    assert csv_text[1].startswith("bn,no BN,0.6000,")
+    assert (folder / "manifest.json").is_file() and (folder / "lab.yaml").is_file()
+    assert "results.md" in capsys.readouterr().out
+
+
+def test_killed_lab_resumes_where_it_stopped(tiny_lab, tmp_path):
+    from pipeline.train.engine import run_training
+
+    spec = load_lab("tiny", tiny_lab)
+    calls = []
+
+    def killed_after_two_epochs(cfg, on_epoch_end=None):
+        calls.append((cfg.run, cfg.resume))
+
+        def hook(epoch, row):
+            if on_epoch_end:
+                on_epoch_end(epoch, row)
+            if len(calls) == 1 and epoch == 2:
+                raise KeyboardInterrupt
+        return run_training(cfg, on_epoch_end=hook)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_lab(spec, "quick", sweeps_dir="sweeps", train_fn=killed_after_two_epochs)
+    first = calls[0][0]
+    lab = run_lab(spec, "quick", sweeps_dir="sweeps", train_fn=killed_after_two_epochs)
+    # the interrupted trial continues from last.pt; nothing finished is trained again
+    assert calls[1] == (first, True)
+    assert len(calls) == 1 + 6 and len({run for run, _ in calls}) == 6
+    metrics = (lab.runs_dir / first / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in metrics[1:]] == ["1", "2", "3"]
+    collected = results.collect(lab)
+    assert all(len(o.accs) == 2 and o.pending == 0 for outs in collected.values() for o in outs)
+
+
+def test_diverged_runs_count_as_chance(tiny_lab, tmp_path):
+    spec = load_lab("tiny", tiny_lab)
+
+    def diverges(cfg, on_epoch_end=None):
+        if cfg.model_opts.get("bn"):
+            raise PipelineError("loss became nan at epoch 1, step 3; stopped (no checkpoint was written)")
+        return {"best_val_acc": 0.5, "best_epoch": 1}
+
+    lab = run_lab(spec, "quick", sweeps_dir="sweeps", train_fn=diverges)
+    bn = {o.label: o for o in results.collect(lab)["bn"]}["BN"]
+    assert bn.accs == [0.1, 0.1] and bn.diverged == 2  # digits: 10 classes
+    assert results.ours_cell(bn) == "10.00 ± 0.00 (n=2, 2 diverged)"
+
+
+# -- Fashion-MNIST from local idx files (no download on this machine) ---------------------------------
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return gzip.compress(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_preset_runs_on_local_idx_files(repo_root, tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "fmnist-raw"
+    raw.mkdir()
+    for prefix, n in (("train", 200), ("t10k", 40)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 40, (n, 28, 28)) + labels[:, None, None] * 20  # brightness tells the class
+        (raw / f"{prefix}-images-idx3-ubyte.gz").write_bytes(idx_bytes(images, 0x0803))
+        (raw / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(idx_bytes(labels, 0x0801))
+    monkeypatch.chdir(tmp_path)
+    main(["data", "--competition", "fashion-mnist", "--source", str(raw)])
+    main(["lab", "cs5787-lenet5-fmnist", "--scale", "full", "--data", "data/fashion-mnist",
+          "--labs-dir", str(repo_root / "configs" / "labs"), "--set", "epochs=1", "--set", "workers=0",
+          "--max-points", "1", "--no-figures"])
+    md = (tmp_path / "sweeps" / "lab-cs5787-lenet5-fmnist" / "results.md").read_text()
+    baseline = next(line for line in md.splitlines() if line.startswith("| baseline |"))
+    assert re.match(r"\| baseline \| 89\.21 \| \d+\.\d\d ± \d+\.\d\d \(n=2\) \|", baseline)
+    assert "| BN | 90.24 | pending (2 pending) |" not in md and "| BN | 90.24 | pending |" in md
+    assert "data/fashion-mnist" in md
+
+
+# -- make lab --------------------------------------------------------------------------------------
+
+def test_make_lab_runs_the_lab_command(repo_root, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed")
+    (tmp_path / "stamp").touch()  # stands in for the installed venv
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+    def make(*args):
+        return subprocess.run(["make", "--no-print-directory", "-C", str(repo_root), *args, f"PY={sys.executable}",
+                               f"VENV_STAMP={tmp_path}/stamp", f"LOCAL_MK={tmp_path}/local.mk"],
+                              capture_output=True, text=True, env=env)
+
+    dry = make("-n", "lab", "LAB=ece661-simplenn", "SCALE=full")
+    assert dry.returncode == 0 and "-m pipeline lab ece661-simplenn --scale full" in dry.stdout
+    assert "--scale quick" in make("-n", "lab", "LAB=ece661-simplenn").stdout  # quick by default
+    listed = make("lab", "LAB_ARGS=--list")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split(":")[0] for line in listed.stdout.splitlines() if line and not line.startswith(
+        ("make", sys.executable, " "))][-len(PRESETS):] == PRESETS
+    missing = make("lab")
+    assert missing.returncode != 0 and "give LAB=<name> (cmpe597-cnn3 cs535-cnn4" in missing.stderr
