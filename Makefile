@@ -57,7 +57,7 @@ DATA_PARAMS = $(call params_file,data-$(COMPETITION).args,$(DATA_ARGS))
 TRAIN_PARAMS = $(call params_file,train-$(RUN).args,$(TRAIN_CMD_ARGS))
 PREDICT_PARAMS = $(call params_file,predict-$(RUN).args,$(PREDICT_ARGS))
 
-.PHONY: help venv data train predict ensemble submit validate report sweep lab demo smoke test bench bench-models bench-engine quality leaderboard info zoo clean-demo
+.PHONY: help venv data train predict ensemble submit validate report sweep lab demo smoke test bench bench-models bench-engine bench-data quality leaderboard info zoo clean-demo
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -142,6 +142,9 @@ leaderboard: $(VENV_STAMP) ## The recipes that fit this machine + their greedy e
 
 bench-engine: $(VENV_STAMP) ## airbench94 steps through the engine vs a bare loop of the same maths (img/s ratio)
 	$(PY) bench/engine_overhead.py
+
+bench-data: $(VENV_STAMP) ## Data stage + predict/ensemble/validate at Kaggle scale (50k train + 300k test PNGs in 7z): time, peak RSS
+	$(PY) bench/data_scale.py --json bench/results/data_scale.json $(BENCH_DATA_ARGS)
 
 clean-demo: ## Remove the demo's data, run and submission
 	rm -rf $(DATA_ROOT)/digits $(RUNS_DIR)/digits-resnet20 submissions/digits-predictions.* $(PARAMS_DIR)

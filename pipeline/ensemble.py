@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline.artifacts import file_entry, load_npy, read_json, sha256_file, write_manifest
 from pipeline.config import config_dict, resolve_config
+from pipeline.data.dataset import lineage_changes
 from pipeline.errors import PipelineError
 from pipeline.registry import Registry
 from pipeline.run_outputs import OUTPUTS, PREDICT_JSON
@@ -160,6 +161,11 @@ def check_compatible(members: Sequence[Member]) -> None:
             differ.append("val split")
         if not np.array_equal(first.test_ids, other.test_ids):
             differ.append("test ids")
+        # Same ids can still be other images: a folder rebuilt from another source, or another data root.
+        changed = lineage_changes(first.info.get("data", {}).get("arrays_sha256") or {},
+                                  other.info.get("data", {}).get("arrays_sha256") or {})
+        if changed and not differ:
+            differ.append(f"prepared data ({', '.join(changed)} differ)")
         if first.val_logits.shape[1] != other.val_logits.shape[1]:
             differ.append("number of classes")
         if differ:

@@ -30,7 +30,7 @@ from pipeline import tta
 from pipeline.artifacts import atomic_save_npy, sha256_file, write_manifest
 from pipeline.checkpoint import build_model, load_checkpoint
 from pipeline.config import config_dict, resolve_config
-from pipeline.data.dataset import PreparedData, load_prepared
+from pipeline.data.dataset import PreparedData, lineage_changes, load_prepared
 from pipeline.errors import PipelineError
 from pipeline.run_outputs import OUTPUTS, PREDICT_JSON
 from pipeline.runtime import (
@@ -53,6 +53,7 @@ class PredictConfig:
     batch_size: int = 512
     precision: str = "auto"  # bf16 where the hardware computes in it, else fp16 (old GPUs) / fp32 (CPU)
     data: str | None = None  # prepared data folder; default: the one the run was trained on
+    allow_changed_data: bool = False  # predict even if the data's arrays changed since training
 
 
 @dataclass
@@ -75,7 +76,8 @@ def load_run_model(run_dir: Path, which: str) -> LoadedRun:
     return LoadedRun(build_model(ckpt, weights), ckpt, path, weights)
 
 
-def load_run_data(ckpt: dict[str, Any], path: Path, data_root: str | None) -> PreparedData:
+def load_run_data(ckpt: dict[str, Any], path: Path, data_root: str | None,
+                  allow_changed: bool = False) -> PreparedData:
     """The prepared data the checkpoint was trained on; a different split is refused (val would leak)."""
     trained_on = ckpt.get("data") or {}
     root = data_root or trained_on.get("root")
@@ -87,9 +89,24 @@ def load_run_data(ckpt: dict[str, Any], path: Path, data_root: str | None) -> Pr
         raise PipelineError(
             f"{Path(root) / 'split.npz'}: not the split {path} was trained with (sha256 differs); its val "
             "images may be training images. Predict with the run's own data folder or retrain")
-    if trained_on.get("meta_sha256") and trained_on["meta_sha256"] != sha256_file(Path(root) / "meta.json"):
-        log.warning("%s/meta.json changed since training (same split); predicting anyway", root)
+    check_lineage(trained_on, data, path, allow_changed)
     return data
+
+
+def check_lineage(trained_on: dict[str, Any], data: PreparedData, path: Path, allow_changed: bool) -> None:
+    """Refuse (or, allowed, warn about) prepared arrays changed since training: a rebuilt data folder."""
+    if trained_on.get("arrays_sha256"):
+        changed = lineage_changes(trained_on["arrays_sha256"], data.lineage)
+    else:  # a run from before arrays were recorded: meta.json is what it recorded
+        meta = trained_on.get("meta_sha256")
+        changed = ["meta.json"] if meta and meta != sha256_file(data.root / "meta.json") else []
+    if not changed:
+        return
+    message = (f"{data.root}: {', '.join(changed)} changed since {path} was trained (the data folder was "
+               "rebuilt)")
+    if not allow_changed:
+        raise PipelineError(f"{message}; retrain, or pass --allow-changed-data to predict on it anyway")
+    log.warning("%s; predicting anyway (--allow-changed-data)", message)
 
 
 def view_logits(
@@ -135,7 +152,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     saved = tta.most_complete(levels)
     run_dir = Path(cfg.runs_dir) / cfg.run
     loaded = load_run_model(run_dir, cfg.checkpoint)
-    data = load_run_data(loaded.ckpt, loaded.path, cfg.data)
+    data = load_run_data(loaded.ckpt, loaded.path, cfg.data, cfg.allow_changed_data)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     channels_last = bool((loaded.ckpt.get("config") or {}).get("channels_last", False))
@@ -183,7 +200,8 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
             "val_accuracy": val_accuracy[saved],
             "data": {"root": str(data.root), "competition": data.meta.get("competition", trained_on.get("competition")),
                      "split_sha256": sha256_file(data.root / "split.npz"),
-                     "meta_sha256": sha256_file(data.root / "meta.json")},
+                     "meta_sha256": sha256_file(data.root / "meta.json"),
+                     "arrays_sha256": data.lineage},
             "counts": {"val": len(val_ids), "test": len(test_ids)},
             "device": str(device),
             "precision": precision,
@@ -224,6 +242,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
               help="Autocast precision; auto: bf16 where the hardware has it, else fp16 (old GPUs) or fp32 "
                    "(CPUs without native bf16) [default: auto].")
 @click.option("--data", default=None, help="Prepared data folder [default: the run's own].")
+@click.option("--allow-changed-data", is_flag=True, default=None,
+              help="Predict even if the data folder's arrays changed since training (it was rebuilt).")
 def command(**flags: Any) -> None:
     """Write a run's val/test logits (with TTA) and print val accuracy per TTA level."""
     flags["tta"] = list(flags["tta"]) or None

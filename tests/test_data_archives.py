@@ -118,12 +118,16 @@ def test_damaged_archive_names_itself(tmp_path):
     bad = tmp_path / "cut.zip"
     good = write_zip(tmp_path / "good.zip", {"a.txt": b"x" * 1000})
     bad.write_bytes(good.read_bytes()[:-30])
-    with pytest.raises(PipelineError, match="^cut.zip: not a"):
+    with pytest.raises(PipelineError, match="^cut.zip: damaged or truncated zip"):
         open_tree(bad, tmp_path / "work")
     seven = tmp_path / "train.7z"
     seven.write_bytes(b"7z\xbc\xaf\x27\x1c" + b"\0" * 30)
-    with pytest.raises(PipelineError, match="train.7z: .7z archives are not supported"):
+    with pytest.raises(PipelineError, match="^train.7z: damaged archive"):
         open_tree(seven, tmp_path / "work")
+    rar = tmp_path / "train.rar"
+    rar.write_bytes(b"Rar!\x1a\x07\x00" + b"\0" * 30)
+    with pytest.raises(PipelineError, match="train.rar: .rar archives are not supported"):
+        open_tree(rar, tmp_path / "work")
 
 
 # ------------------------------------------------------------------------------------- downloads

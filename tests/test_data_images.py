@@ -63,10 +63,48 @@ def test_rgba_and_palette_become_rgb():
     assert out[0, 0, 0].tolist() == [10, 20, 30] and out[1, 0, 0].tolist() == [200, 100, 0]
 
 
-def test_size_mismatch_names_the_file():
-    files = Files({"1.png": encode_image(_rgb(0, 6), "PNG"), "2.png": encode_image(_rgb(1, 5), "PNG")})
-    with pytest.raises(PipelineError, match=r"^comp\.zip:2\.png: image is 5x5, expected 6x6 like comp\.zip:1\.png"):
-        decode_images(files, ["1.png", "2.png"])
+def test_size_mismatch_names_the_odd_file_and_the_majority():
+    files = Files({f"{i}.png": encode_image(_rgb(i, 6), "PNG") for i in range(2, 5)})
+    files["1.png"] = encode_image(_rgb(1, 5), "PNG")
+    # The odd image comes first: it is the one blamed, not the correct ones after it.
+    names = ["1.png", "2.png", "3.png", "4.png"]
+    with pytest.raises(PipelineError, match=r"^comp\.zip:1\.png: image is 5x5, expected 6x6 like most images "
+                                            r"\(3 of 4; 1 differ\)$"):
+        decode_images(files, names)
+
+
+def test_16_bit_gray_is_scaled_not_clipped():
+    wide = np.array([[0, 257, 32896], [65535, 65280, 128]], np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(wide).save(buf, "PNG")
+    out = decode_images(Files({"a.png": buf.getvalue()}), ["a.png"])
+    assert out.shape == (1, 2, 3, 1)
+    assert out[0, :, :, 0].tolist() == [[0, 1, 128], [255, 254, 0]]
+    # Converted to RGB (train set in colour): the same scaled value in every channel.
+    rgb = decode_images(Files({"a.png": buf.getvalue()}), ["a.png"], like=(2, 3, 3))
+    assert rgb[0, 0, 2].tolist() == [128, 128, 128]
+
+
+def test_parallel_decode_into_a_memmap_equals_the_serial_one(tmp_path, monkeypatch):
+    import pipeline.data.images as images
+
+    monkeypatch.setattr(images, "PARALLEL_MIN", 10)
+    monkeypatch.setattr(images, "CHUNK", 7)
+    files = Files({f"{i}.png": encode_image(_rgb(i, 5), "PNG") for i in range(40)})
+    names = [f"{i}.png" for i in range(40)]
+    serial = decode_images(files, names)
+    parallel = decode_images(files, names, dest=tmp_path / "x.npy", workers=2)
+    assert isinstance(parallel, np.memmap)
+    np.testing.assert_array_equal(parallel, serial)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), serial)
+    # An error in a worker is the same one-line error, naming the file.
+    files["33.png"] = b"garbage"
+    with pytest.raises(PipelineError, match=r"^comp\.zip:33\.png: cannot decode image"):
+        decode_images(files, names, dest=tmp_path / "y.npy", workers=2)
+    files["33.png"] = encode_image(_rgb(33, 4), "PNG")
+    with pytest.raises(PipelineError, match=r"^comp\.zip:33\.png: image is 4x4, expected 5x5 like most images "
+                                            r"\(39 of 40; 1 differ\)$"):
+        decode_images(files, names, dest=tmp_path / "z.npy", workers=2)
 
 
 def test_test_images_follow_the_train_shape():

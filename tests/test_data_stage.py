@@ -285,7 +285,7 @@ def test_cli_prints_a_summary(tmp_path):
         ({"source": "s", "val_fraction": 1.0}, r"--val-fraction must be in \[0, 1\)"),
         ({"source": "s", "kaggle": "slug"}, "either --source or --kaggle"),
         ({"competition": "digits", "source_format": "digits", "source": "{zip}"}, "takes no --source"),
-        ({"source_format": "cifar100"}, "unknown data source 'cifar100'; choose from: cifar10, digits"),
+        ({"source_format": "cifar100"}, "unknown data source 'cifar100'.*; choose from: cifar10, digits"),
         ({"source": "does/not/exist"}, "^does/not/exist: not found"),
     ],
 )

@@ -1,9 +1,10 @@
-"""Reading competition files from folders, zips and tars without trusting the archive.
+"""Reading competition files from folders, zips, tars and 7z archives without trusting the archive.
 
 A FileTree is a flat name -> file view over a folder, a zip (read in place, no extraction) or a
-tar (extracted once, safely, into a scratch folder: gzip cannot seek cheaply). Every member name
-is checked when an archive is opened: absolute paths, `..`, drive letters, links and device files
-are refused, whether or not the member would ever be extracted.
+tar or 7z (extracted once, safely, into a scratch folder: gzip cannot seek cheaply, and a solid
+7z must be decompressed in order anyway). Every member is checked when an archive is opened:
+absolute paths, `..`, drive letters, links and device files are refused, and sizes from the
+headers are held to the Limits, whether or not the member would ever be read.
 """
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
+from pipeline.data.limits import Limits
 from pipeline.errors import PipelineError
 
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-UNSUPPORTED_SUFFIXES = (".7z", ".rar")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z")
+UNSUPPORTED_SUFFIXES = (".rar",)
+SEVEN_ZIP_MAGIC = b"7z\xbc\xaf\x27\x1c"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 # OS litter that zips made on desktops carry; never data.
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _JUNK = re.compile(r"(^|/)(__MACOSX/|\.DS_Store$|\._[^/]*$|Thumbs\.db$)")
@@ -34,16 +38,26 @@ def check_member_name(name: str, archive: str) -> None:
         raise PipelineError(f"{archive}: member '{name}' would escape the target folder")
 
 
-def _check_zip(zf: zipfile.ZipFile, archive: str) -> list[zipfile.ZipInfo]:
+def _check_sizes(sizes: Iterable[tuple[str, int]], archive: str, limits: Limits, extracted: bool) -> None:
+    total = 0
+    for name, size in sizes:
+        limits.check_member(f"{archive}:{name}", size)
+        total += size
+    if extracted:
+        limits.check_extract(archive, total)
+
+
+def _check_zip(zf: zipfile.ZipFile, archive: str, limits: Limits, extracted: bool = False) -> list[zipfile.ZipInfo]:
     infos = zf.infolist()
     for info in infos:
         check_member_name(info.filename, archive)
         if stat.S_ISLNK(info.external_attr >> 16):
             raise PipelineError(f"{archive}: member '{info.filename}' is a symlink; links are not allowed")
+    _check_sizes(((i.filename, i.file_size) for i in infos), archive, limits, extracted)
     return infos
 
 
-def _check_tar(tf: tarfile.TarFile, archive: str) -> list[tarfile.TarInfo]:
+def _check_tar(tf: tarfile.TarFile, archive: str, limits: Limits) -> list[tarfile.TarInfo]:
     members = tf.getmembers()
     for m in members:
         check_member_name(m.name, archive)
@@ -51,61 +65,118 @@ def _check_tar(tf: tarfile.TarFile, archive: str) -> list[tarfile.TarInfo]:
             raise PipelineError(f"{archive}: member '{m.name}' is a link; links are not allowed")
         if not (m.isfile() or m.isdir()):
             raise PipelineError(f"{archive}: member '{m.name}' is not a regular file")
+    _check_sizes(((m.name, m.size) for m in members), archive, limits, extracted=True)
     return members
 
 
-def archive_kind(path: Path) -> str | None:
-    """"zip", "tar" or None, from the file's content (names lie)."""
-    if path.is_file():
-        if zipfile.is_zipfile(path):
-            return "zip"
-        try:
-            if tarfile.is_tarfile(path):
-                return "tar"
-        except OSError:
-            return None
+def _check_7z(sz, archive: str, limits: Limits) -> None:
+    files = list(sz.files)
+    for f in files:
+        check_member_name(f.filename, archive)
+        if f.is_symlink or f.is_junction:
+            raise PipelineError(f"{archive}: member '{f.filename}' is a link; links are not allowed")
+        if f.is_socket:
+            raise PipelineError(f"{archive}: member '{f.filename}' is not a regular file")
+    _check_sizes(((f.filename, int(f.uncompressed or 0)) for f in files if not f.is_directory),
+                 archive, limits, extracted=True)
+
+
+def _head(path: Path, n: int = 8) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def archive_kind(path: Path, label: str | None = None) -> str | None:
+    """"zip", "tar", "7z" or None, from the file's content (names lie); a damaged zip is an error."""
+    if not path.is_file():
+        return None
+    head = _head(path)
+    if head.startswith(SEVEN_ZIP_MAGIC):
+        return "7z"
+    if zipfile.is_zipfile(path):
+        return "zip"
+    if head.startswith(ZIP_MAGICS):
+        # Starts like a zip but has no readable central directory: cut short (or corrupted).
+        raise PipelineError(f"{label or path.name}: damaged or truncated zip (no readable central directory)")
+    try:
+        if tarfile.is_tarfile(path):
+            return "tar"
+    except (OSError, EOFError, tarfile.TarError, zlib.error):
+        return None
     return None
 
 
-def safe_extract(archive: Path, target: Path, label: str | None = None) -> Path:
-    """Extract a zip or tar into `target` after checking every member; returns `target`."""
+def _py7zr():
+    try:
+        import py7zr
+    except ImportError:  # pragma: no cover - py7zr is in requirements.txt
+        raise PipelineError("reading .7z archives needs py7zr (pip install -r requirements.txt)") from None
+    return py7zr
+
+
+def safe_extract(archive: Path, target: Path, label: str | None = None, limits: Limits | None = None) -> Path:
+    """Extract a zip, tar or 7z into `target` after checking every member; returns `target`."""
     label = label or archive.name
+    limits = limits or Limits()
     target.mkdir(parents=True, exist_ok=True)
-    kind = archive_kind(archive)
+    kind = archive_kind(archive, label)
+    errors: tuple[type[BaseException], ...] = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error)
     try:
         if kind == "zip":
             with zipfile.ZipFile(archive) as zf:
-                _check_zip(zf, label)
+                _check_zip(zf, label, limits, extracted=True)
                 zf.extractall(target)
         elif kind == "tar":
             with tarfile.open(archive) as tf:
-                _check_tar(tf, label)
+                _check_tar(tf, label, limits)
                 # The "data" filter repeats the checks above inside tarfile itself (belt and braces).
                 tf.extractall(target, filter="data")
+        elif kind == "7z":
+            py7zr = _py7zr()
+            errors = (*errors, py7zr.exceptions.ArchiveError, py7zr.exceptions.CrcError,
+                      py7zr.exceptions.DecompressionError, py7zr.exceptions.UnsupportedCompressionMethodError,
+                      py7zr.exceptions.PasswordRequired, py7zr.exceptions.AbsolutePathError, ValueError)
+            with py7zr.SevenZipFile(archive) as sz:
+                if sz.needs_password():
+                    raise PipelineError(f"{label}: the 7z archive is encrypted; extract it with its password first")
+                _check_7z(sz, label, limits)
+                sz.extractall(target)
         else:
-            raise PipelineError(f"{label}: not a zip or tar archive")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise PipelineError(f"{label}: damaged archive ({e})") from None
+            raise PipelineError(f"{label}: not a zip, tar or 7z archive")
+    except errors as e:
+        raise PipelineError(f"{label}: damaged archive ({type(e).__name__}: {e})") from None
     return target
 
 
 class _ZipBackend:
-    def __init__(self, path: Path, label: str):
-        self.label = label
+    """Members read in place; each process opens its own handle (a forked decode worker shares no file offset)."""
+
+    def __init__(self, path: Path, label: str, limits: Limits):
+        self.path, self.label = path, label
         try:
             self.zf = zipfile.ZipFile(path)
-            self.infos = _check_zip(self.zf, label)
+            self.infos = _check_zip(self.zf, label, limits)
         except (zipfile.BadZipFile, OSError) as e:
-            raise PipelineError(f"{label}: not a readable zip archive ({e})") from None
+            raise PipelineError(f"{label}: damaged or truncated zip ({e})") from None
+        self._sizes = {i.filename: i.file_size for i in self.infos}
+        self._pid = os.getpid()
+
+    def _zip(self) -> zipfile.ZipFile:
+        if self._pid != os.getpid():
+            self.zf, self._pid = zipfile.ZipFile(self.path), os.getpid()
+        return self.zf
 
     def keys(self) -> Iterable[str]:
         return (i.filename for i in self.infos if not i.is_dir())
 
+    def size(self, key: str) -> int:
+        return self._sizes[key]
+
     def open(self, key: str) -> BinaryIO:
-        return self.zf.open(key)
+        return self._zip().open(key)
 
     def read(self, key: str) -> bytes:
-        return self.zf.read(key)
+        return self._zip().read(key)
 
     def where(self, key: str) -> str:
         return f"{self.label}:{key}"
@@ -117,6 +188,9 @@ class _ZipBackend:
 class _FolderBackend:
     def __init__(self, root: Path, label: str):
         self.root, self.label = root, label
+
+    def size(self, key: str) -> int:
+        return (self.root / key).stat().st_size
 
     def keys(self) -> Iterable[str]:
         for dirpath, dirnames, filenames in os.walk(self.root):
@@ -141,15 +215,21 @@ class _FolderBackend:
 class FileTree:
     """Files by relative posix name, whatever holds them; names in errors point at the source."""
 
-    def __init__(self, label: str, entries: dict[str, tuple[object, str]], backends: list):
+    def __init__(self, label: str, entries: dict[str, tuple[object, str]], backends: list,
+                 limits: Limits | None = None):
         self.label = label
         self._entries = entries  # name -> (backend, key inside that backend)
         self._backends = backends
+        self.limits = limits or Limits()
 
     @classmethod
-    def from_backend(cls, backend, label: str) -> "FileTree":
+    def from_backend(cls, backend, label: str, limits: Limits | None = None) -> "FileTree":
         entries = {k: (backend, k) for k in backend.keys() if not _JUNK.search(k)}
-        return cls(label, entries, [backend])
+        return cls(label, entries, [backend], limits)
+
+    def size(self, name: str) -> int:
+        backend, key = self._entries[name]
+        return backend.size(key)
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -164,12 +244,14 @@ class FileTree:
     def read(self, name: str) -> bytes:
         backend, key = self._entries[name]
         try:
+            self.limits.check_member(backend.where(key), backend.size(key))
             return backend.read(key)
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
             raise PipelineError(f"{backend.where(key)}: cannot read ({e})") from None
 
     def open(self, name: str) -> BinaryIO:
         backend, key = self._entries[name]
+        self.limits.check_member(backend.where(key), backend.size(key))
         return backend.open(key)
 
     def close(self) -> None:
@@ -186,7 +268,7 @@ class FileTree:
         tree = self
         while (top := tree.top_folder()) is not None:
             cut = len(top) + 1
-            tree = FileTree(tree.label, {n[cut:]: e for n, e in tree._entries.items()}, tree._backends)
+            tree = FileTree(tree.label, {n[cut:]: e for n, e in tree._entries.items()}, tree._backends, tree.limits)
         return tree
 
     def replace(self, name: str, prefix: str, other: "FileTree") -> "FileTree":
@@ -197,26 +279,34 @@ class FileTree:
             if mounted in entries:
                 raise PipelineError(f"{other.where(n)}: clashes with {self.where(mounted)}")
             entries[mounted] = e
-        return FileTree(self.label, entries, self._backends + other._backends)
+        return FileTree(self.label, entries, self._backends + other._backends, self.limits)
 
 
-def open_tree(path: Path, work: Path, label: str | None = None) -> FileTree:
-    """A FileTree over a folder, zip or tar; tars are extracted (checked) into a folder under `work`."""
+def open_tree(path: Path, work: Path, label: str | None = None, limits: Limits | None = None) -> FileTree:
+    """A FileTree over a folder, zip, tar or 7z; tars and 7z are extracted (checked) into a folder under `work`."""
     label = label or path.name
+    limits = limits or Limits()
     if path.is_dir():
-        return FileTree.from_backend(_FolderBackend(path, label), label)
+        return FileTree.from_backend(_FolderBackend(path, label), label, limits)
     if not path.is_file():
         raise PipelineError(f"{label}: not found")
-    kind = archive_kind(path)
+    kind = archive_kind(path, label)
     if kind == "zip":
-        return FileTree.from_backend(_ZipBackend(path, label), label)
-    if kind == "tar":
+        return FileTree.from_backend(_ZipBackend(path, label, limits), label, limits)
+    if kind in ("tar", "7z"):
         target = Path(_unique_dir(work, path.name))
-        safe_extract(path, target, label)
-        return FileTree.from_backend(_FolderBackend(target, label), label)
+        safe_extract(path, target, label, limits)
+        return FileTree.from_backend(_FolderBackend(target, label), label, limits)
     if path.name.lower().endswith(UNSUPPORTED_SUFFIXES):
         raise PipelineError(f"{label}: {path.suffix} archives are not supported; extract it and pass the folder")
-    raise PipelineError(f"{label}: not a folder, zip or tar archive")
+    if path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise PipelineError(f"{label}: damaged or truncated archive (not a readable {_suffix(path.name)} file)")
+    raise PipelineError(f"{label}: not a folder, zip, tar or 7z archive")
+
+
+def _suffix(name: str) -> str:
+    lower = name.lower()
+    return next(s for s in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True) if lower.endswith(s))
 
 
 def open_nested(tree: FileTree, work: Path, depth: int = 2) -> FileTree:
@@ -234,7 +324,9 @@ def open_nested(tree: FileTree, work: Path, depth: int = 2) -> FileTree:
             local = Path(_unique_dir(work, "nested")) / name
             with tree.open(name) as src, open(local, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-            inner = open_tree(local, work, label=tree.where(name))
+            inner = open_tree(local, work, label=tree.where(name), limits=tree.limits)
+            if not zipfile.is_zipfile(local):
+                local.unlink()  # extracted already; a zip is read in place (and reopened by decode workers)
             prefix = "" if inner.top_folder() else f"{_stem(name)}/"
             tree = tree.replace(name, prefix, inner)
         tree = tree.without_top_folder()

@@ -70,8 +70,29 @@ class PreparedData:
         return self.train_images[idx], self.train_labels[idx], self.train_ids[idx]
 
     @property
+    def lineage(self) -> dict[str, str]:
+        """sha256 of the arrays and split (see lineage()): what runs record and ensembles compare."""
+        return lineage(self.meta)
+
+    @property
     def sample_submission(self) -> Path:
         return self.root / self.meta["submission"]["file"]
+
+
+# What a run's logits depend on: the arrays and the split (val rows are train rows picked by it).
+LINEAGE_FILES = (*(f"{name}.npy" for name in ARRAYS), "split.npz")
+
+
+def lineage(meta: dict[str, Any]) -> dict[str, str]:
+    """sha256 of each prepared array and the split, as the data stage recorded them in meta.json
+    (recorded, not recomputed: the folder is swapped in whole, so meta.json and arrays agree)."""
+    recorded = {Path(entry["path"]).name: entry.get("sha256") for entry in meta.get("outputs", [])}
+    return {name: recorded[name] for name in LINEAGE_FILES if recorded.get(name)}
+
+
+def lineage_changes(then: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The files whose sha256 differs between two lineages (only files both record)."""
+    return [name for name in LINEAGE_FILES if name in then and name in now and then[name] != now[name]]
 
 
 def load_prepared(root: str | os.PathLike, competition: str | None = None) -> PreparedData:

@@ -1,10 +1,17 @@
-"""Image files -> one uint8 NHWC array, and the per-channel statistics of such arrays."""
+"""Image files -> one uint8 NHWC array (in memory or a .npy memmap), and per-channel statistics.
+
+At Kaggle scale (300,000 test PNGs) the array is preallocated as a .npy memmap and filled by
+forked worker processes, each decoding a slice of the files and writing its rows in place, so
+peak memory stays near the array's size and no process holds a copy of it.
+"""
 from __future__ import annotations
 
 import io
 import logging
+import os
 import warnings
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -17,6 +24,13 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Everything else (RGB, RGBA, P, CMYK, YCbCr, ...) counts as colour.
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# Gray images with 16 bits per pixel (mode "I" is how some Pillow versions open 16-bit PNGs).
+WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+# How many images (spread evenly) decide the size and colour mode before the full decode.
+SAMPLE = 256
+# Below this many images a worker pool costs more than it saves.
+PARALLEL_MIN = 2000
+CHUNK = 1000
 
 
 class Readable(Protocol):
@@ -28,63 +42,196 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class _Tally:
+    """What a decode pass saw: how many images of each size/mode, and the first index of each."""
+
+    sizes: Counter = field(default_factory=Counter)  # (h, w) -> count
+    families: Counter = field(default_factory=Counter)
+    first_size: dict = field(default_factory=dict)  # (h, w) -> first index
+    first_family: dict = field(default_factory=dict)
+
+    def add(self, i: int, size: tuple[int, int], family: str) -> None:
+        self.sizes[size] += 1
+        self.families[family] += 1
+        self.first_size.setdefault(size, i)
+        self.first_family.setdefault(family, i)
+
+    def merge(self, other: "_Tally") -> None:
+        self.sizes.update(other.sizes)
+        self.families.update(other.families)
+        for mine, theirs in ((self.first_size, other.first_size), (self.first_family, other.first_family)):
+            for key, i in theirs.items():
+                mine[key] = min(mine.get(key, i), i)
+
+
 def decode_images(
     files: Readable,
     names: Sequence[str],
     like: tuple[int, int, int] | None = None,
     desc: str = "decode",
+    dest: str | os.PathLike | None = None,
+    workers: int = 1,
 ) -> np.ndarray:
     """Decode `names` into one (N, H, W, C) uint8 array, C = 3 (RGB) or 1 (L).
 
-    Images in the minority mode are converted to the majority one; a different size is an error
-    naming the file. `like` = (H, W, C) of an array decoded before (the train set) forces both.
+    Images in the minority mode are converted to the majority one; an image of another size than
+    the majority is an error naming the file. `like` = (H, W, C) of an array decoded before (the
+    train set) forces both. With `dest` the array is a .npy file filled in place (a read-only
+    memmap is returned) by up to `workers` processes.
     """
     if not names:
-        return np.zeros((0, *(like or (0, 0, 0))), np.uint8)
+        empty = np.zeros((0, *(like or (0, 0, 0))), np.uint8)
+        if dest is not None:
+            np.save(dest, empty)
+        return empty
     if like is not None:
-        out, _ = _decode_all(files, names, _mode_of(like[2]), like[:2], desc)
-        return out
-    first_mode = _family(_open(files, names[0]))
-    out, families = _decode_all(files, names, first_mode, None, desc)
-    majority = families.most_common(1)[0][0]
-    if majority != first_mode:
-        # The first image was the odd one out: decode again in the mode most images have.
-        log.info("%s: most images are %s; converting the %d others", desc, majority, families[first_mode])
-        out, _ = _decode_all(files, names, majority, out.shape[1:3], desc)
-    elif len(families) > 1:
-        odd = next(m for m in families if m != majority)
-        log.info("%s: converted %d %s images to %s", desc, families[odd], odd, majority)
-    return out
+        mode, size, reference = _mode_of(like[2]), tuple(like[:2]), "the training images"
+    else:
+        mode, size = _guess(files, names)
+        reference = None
+    out, tally = _decode_all(files, names, mode, size, desc, dest, workers)
+    _check_sizes(files, names, tally, size, reference)
+    majority = tally.families.most_common(1)[0][0]
+    if like is None and majority != mode:
+        # The sample guessed the mode wrong (few images of it): decode again in the majority's mode.
+        log.info("%s: most images are %s; decoding again", desc, majority)
+        out, tally = _decode_all(files, names, majority, size, desc, dest, workers)
+        mode = majority
+    if len(tally.families) > 1:
+        odd = [f for f in tally.families if f != mode]
+        log.info("%s: converted %d %s images to %s", desc, sum(tally.families[f] for f in odd), "/".join(odd), mode)
+    return np.load(dest, mmap_mode="r") if dest is not None else out
+
+
+def _guess(files: Readable, names: Sequence[str]) -> tuple[str, tuple[int, int]]:
+    """(mode, (h, w)) most common among up to SAMPLE images spread over `names`, ties to the earliest."""
+    picks = np.unique(np.linspace(0, len(names) - 1, min(SAMPLE, len(names))).astype(int))
+    tally = _Tally()
+    for i in picks:
+        img = _open(files, names[i])
+        tally.add(int(i), (img.height, img.width), _family(img))
+    return _most_common(tally.families, tally.first_family), _most_common(tally.sizes, tally.first_size)
+
+
+def _most_common(counts: Counter, first: dict):
+    return max(counts, key=lambda k: (counts[k], -first[k]))
+
+
+def _check_sizes(files, names, tally: _Tally, size, reference: str | None) -> None:
+    if set(tally.sizes) == {tuple(size)}:
+        return
+    odd = min((i for s, i in tally.first_size.items() if s != tuple(size)))
+    h, w = next(s for s, i in tally.first_size.items() if i == odd)
+    if reference is not None:
+        raise PipelineError(
+            f"{files.where(names[odd])}: image is {w}x{h}, expected {size[1]}x{size[0]} like {reference}")
+    n = tally.sizes[tuple(size)]
+    others = sum(tally.sizes.values()) - n
+    raise PipelineError(
+        f"{files.where(names[odd])}: image is {w}x{h}, expected {size[1]}x{size[0]} like most images "
+        f"({n:,} of {len(names):,}; {others:,} differ)")
+
+
+# One decode job at a time per process; forked workers inherit it (files, names, output) unpickled.
+_JOB: dict = {}
 
 
 def _decode_all(
-    files: Readable, names: Sequence[str], mode: str, size: tuple[int, int] | None, desc: str
-) -> tuple[np.ndarray, Counter]:
+    files: Readable, names: Sequence[str], mode: str, size: tuple[int, int], desc: str,
+    dest: str | os.PathLike | None, workers: int,
+) -> tuple[np.ndarray, _Tally]:
     from tqdm import tqdm
 
-    families: Counter = Counter()
-    out: np.ndarray | None = None
-    reference = "the training images" if size else files.where(names[0])
-    with warnings.catch_warnings():
-        # A decompression bomb is bad input like any other: raise, then name the file.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        for i, name in enumerate(tqdm(names, desc=desc, unit="img", disable=None, leave=False)):
-            img = _open(files, name)
-            families[_family(img)] += 1
-            try:
-                arr = np.asarray(img if img.mode == mode else img.convert(mode))
-            except (OSError, ValueError) as e:
-                raise PipelineError(f"{files.where(name)}: cannot convert {img.mode} to {mode} ({e})") from None
-            if out is None:
-                out = np.empty((len(names), *(size or arr.shape[:2]), 1 if mode == "L" else 3), np.uint8)
-            if arr.shape[:2] != out.shape[1:3]:
-                h, w = arr.shape[:2]
-                raise PipelineError(
-                    f"{files.where(name)}: image is {w}x{h}, expected {out.shape[2]}x{out.shape[1]} "
-                    f"like {reference}"
-                )
-            out[i] = arr.reshape(out.shape[1:])
-    return out, families
+    shape = (len(names), *size, 1 if mode == "L" else 3)
+    if dest is not None:
+        out = np.lib.format.open_memmap(dest, mode="w+", dtype=np.uint8, shape=shape)
+    else:
+        out = np.empty(shape, np.uint8)
+    chunks = [(s, min(s + CHUNK, len(names))) for s in range(0, len(names), CHUNK)]
+    parallel = dest is not None and workers > 1 and len(names) >= PARALLEL_MIN and _can_fork()
+    tally = _Tally()
+    _JOB.update(files=files, names=names, mode=mode, size=tuple(size), out=None if parallel else out, dest=dest)
+    pool = None
+    try:
+        if parallel:
+            import multiprocessing
+
+            del out  # each worker maps the file itself; the parent touches none of its pages
+            # Forked before the progress bar starts its monitor thread (fork and threads do not mix).
+            pool = multiprocessing.get_context("fork").Pool(min(workers, len(chunks)))
+            parts = pool.imap_unordered(_decode_chunk, chunks)
+        else:
+            parts = map(_decode_chunk, chunks)
+        with tqdm(total=len(names), desc=desc, unit="img", disable=None, leave=False, smoothing=0.1) as bar:
+            for part, n in parts:
+                _raise_if_error(part)
+                tally.merge(part)
+                bar.update(n)
+        if pool is not None:
+            pool.close()
+            pool.join()
+            out = np.load(dest, mmap_mode="r")
+        elif dest is not None:
+            out.flush()
+    finally:
+        if pool is not None:
+            pool.terminate()
+        _JOB.clear()
+    return out, tally
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _raise_if_error(part) -> None:
+    if isinstance(part, PipelineError):
+        raise part
+
+
+def _decode_chunk(bounds: tuple[int, int]):
+    """Decode names[start:stop] into the output rows; a PipelineError is returned, not raised, from workers."""
+    start, stop = bounds
+    files, names, mode, size = _JOB["files"], _JOB["names"], _JOB["mode"], _JOB["size"]
+    out = _JOB["out"]
+    if out is None:  # a forked worker: map the file once per process
+        out = _JOB["out"] = np.load(_JOB["dest"], mmap_mode="r+")
+    tally = _Tally()
+    try:
+        with warnings.catch_warnings():
+            # A decompression bomb is bad input like any other: raise, then name the file.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            for i in range(start, stop):
+                img = _open(files, names[i])
+                tally.add(i, (img.height, img.width), _family(img))
+                if (img.height, img.width) != size:
+                    continue  # reported once all sizes are counted, with the majority
+                arr = _to_array(img, mode, files.where(names[i]))
+                out[i] = arr.reshape(out.shape[1:])
+    except PipelineError as e:
+        return e, stop - start
+    return tally, stop - start
+
+
+def _to_array(img: Image.Image, mode: str, where: str) -> np.ndarray:
+    if img.mode in WIDE_MODES:
+        # 16-bit gray: scale 0..65535 to 0..255 (Pillow's convert would clip everything above 255).
+        wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
+    try:
+        return np.asarray(img if img.mode == mode else img.convert(mode))
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{where}: cannot convert {img.mode} to {mode} ({e})") from None
 
 
 def _open(files: Readable, name: str) -> Image.Image:

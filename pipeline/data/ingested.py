@@ -48,7 +48,8 @@ class ImageSet:
 
     ids: np.ndarray  # str (N,)
     labels: np.ndarray | None  # int64 (N,) class indices
-    load: Callable[[np.ndarray, tuple[int, int, int] | None], np.ndarray]  # (indices, like HWC) -> NHWC
+    # (indices, like=HWC or None, dest=.npy path or None, workers=N) -> NHWC uint8, stored at dest if given
+    load: Callable[..., np.ndarray]
     where: str  # what to name in errors about this set
 
     def __post_init__(self) -> None:
@@ -65,7 +66,14 @@ class ImageSet:
     def from_arrays(cls, images: np.ndarray, ids: Any, labels: Any, where: str) -> "ImageSet":
         if len(images) != len(ids):
             raise PipelineError(f"{where}: {len(images)} images but {len(ids)} ids")
-        return cls(ids=ids, labels=labels, load=lambda idx, like=None: images[idx], where=where)
+
+        def load(idx: np.ndarray, like=None, dest=None, workers: int = 1) -> np.ndarray:
+            kept = images[idx]
+            if dest is not None:
+                np.save(dest, kept, allow_pickle=False)
+            return kept
+
+        return cls(ids=ids, labels=labels, load=load, where=where)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import numpy as np
 from pipeline.data.archives import FileTree
 from pipeline.data.images import decode_images, is_image_name
 from pipeline.data.ingested import ImageSet, Ingested, SubmissionFormat
+from pipeline.data.limits import BoundedReader
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,13 @@ class CsvTable:
 
 
 def read_csv(tree: FileTree, name: str) -> CsvTable:
+    """A CSV's rows, streamed: its size is held to the CSV limit before and while it is read."""
     where = tree.where(name)
-    try:
-        text = tree.read(name).decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise PipelineError(f"{where}: not UTF-8 text ({e})") from None
-    reader = csv.reader(io.StringIO(text))
+    tree.limits.check_csv(where, tree.size(name))
+    # The header's size can lie (or a folder file can grow): count what actually comes out too.
+    raw = BoundedReader(tree.open(name), where, tree.limits.check_csv)
+    text = io.TextIOWrapper(io.BufferedReader(raw, 1 << 20), encoding="utf-8-sig", newline="")
+    reader = csv.reader(text)
     header: list[str] | None = None
     rows, lines = [], []
     try:
@@ -81,6 +83,10 @@ def read_csv(tree: FileTree, name: str) -> CsvTable:
                 lines.append(reader.line_num)
     except csv.Error as e:
         raise PipelineError(f"{where}: line {reader.line_num}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{where}: not UTF-8 text ({e})") from None
+    finally:
+        text.close()
     if header is None or not rows:
         raise PipelineError(f"{where}: no rows")
     return CsvTable(where, header, rows, lines)
@@ -121,17 +127,18 @@ def encode_labels(table: CsvTable, col: int, expected: list[str] | None) -> tupl
     if ints and not (expected and set(values) <= set(expected)):
         idx = np.array([int(v) for v in values], np.int64)
         k = len(expected) if expected else int(idx.max()) + 1
+        hint = _one_based_hint(idx, len(expected) if expected else None)
         bad = np.flatnonzero((idx < 0) | (idx >= k))
         if len(bad):
             raise PipelineError(
                 f"{table.where}: line {table.lines[bad[0]]}: unknown class {values[bad[0]]} "
-                f"(integer labels are class indices 0..{k - 1})"
+                f"(integer labels are class indices 0..{k - 1}){hint}"
             )
         if not expected:
             missing = sorted(set(range(k)) - set(idx.tolist()))
             if missing:
                 raise PipelineError(
-                    f"{table.where}: integer labels must cover 0..{k - 1}, but class {missing[0]} never occurs"
+                    f"{table.where}: integer labels must cover 0..{k - 1}, but class {missing[0]} never occurs{hint}"
                 )
         return (expected or [str(i) for i in range(k)]), idx, "index"
     classes = expected or sorted(set(values))
@@ -141,6 +148,14 @@ def encode_labels(table: CsvTable, col: int, expected: list[str] | None) -> tupl
             shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
             raise PipelineError(f"{table.where}: line {line}: unknown class '{value}' (known: {shown})")
     return list(classes), np.array([lookup[v] for v in values], np.int64), "name"
+
+
+def _one_based_hint(idx: np.ndarray, k: int | None) -> str:
+    """A hint when integer labels run 1..K: counted from 1, where class indices start at 0."""
+    if len(idx) and idx.min() == 1 and (k is None or idx.max() == k):
+        return (f"; the labels run 1..{int(idx.max())}, so they look counted from 1: subtract 1 from each, "
+                "or give them names")
+    return ""
 
 
 def image_files(tree: FileTree, folder: str) -> dict[str, str]:
@@ -171,8 +186,8 @@ def _lookup(index: dict[str, str], ident: str) -> str | None:
 
 
 def _decoder(tree: FileTree, paths: list[str], desc: str):
-    def load(idx: np.ndarray, like: tuple[int, int, int] | None = None) -> np.ndarray:
-        return decode_images(tree, [paths[i] for i in idx], like=like, desc=desc)
+    def load(idx: np.ndarray, like: tuple[int, int, int] | None = None, dest=None, workers: int = 1) -> np.ndarray:
+        return decode_images(tree, [paths[i] for i in idx], like=like, desc=desc, dest=dest, workers=workers)
 
     return load
 
@@ -181,20 +196,55 @@ def _examples(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
 
 
+def image_folders(tree: FileTree) -> dict[str, dict[str, str]]:
+    """Every folder holding images: folder -> {id: name} of the images directly inside it."""
+    found: dict[str, dict[str, str]] = {}
+    for name in tree.names():
+        parent, _, base = name.rpartition("/")
+        if is_image_name(base):
+            found.setdefault(parent, {}).setdefault(base.rsplit(".", 1)[0], name)
+    return found
+
+
+def _is_train_folder(folder: str) -> bool:
+    return _canonical(folder.split("/", 1)[0]).startswith("train")
+
+
+def locate_labelled(tree: FileTree, table: CsvTable, ids: list[str]) -> str | None:
+    """The folder under train*/ holding the labels CSV's images (train/train/ from unzipping train.zip
+    into train/); None when none of its ids is an image there. Half a match is an error: a labels
+    file is never ignored while its ids name images."""
+    hits = {
+        folder: sum(_lookup(files, i) is not None for i in ids)
+        for folder, files in image_folders(tree).items() if _is_train_folder(folder)
+    }
+    hits = {f: n for f, n in hits.items() if n}
+    if not hits:
+        return None
+    best = max(hits, key=lambda f: (hits[f], -f.count("/")))
+    if hits[best] == len(ids):
+        return best
+    spread = f" (spread over {len(hits)} folders)" if len(hits) > 1 else ""
+    raise PipelineError(
+        f"{table.where}: its ids name images under train/, but no one folder holds them all: "
+        f"{best}/ has {hits[best]:,} of {len(ids):,}{spread}; put the labelled images in train/<id>.<ext>, "
+        "or remove the CSV to take labels from train/<class>/ folders"
+    )
+
+
 def load_train(tree: FileTree, expected: list[str] | None) -> tuple[list[str], ImageSet, str]:
     """(classes, train set, label form of the labels file)."""
     flat = image_files(tree, "train")
     folders = class_folders(tree, "train")
     labels_csv = find_top_file(tree, LABEL_CSVS)
-    if flat:
-        if labels_csv is None:
-            raise PipelineError(
-                f"{tree.label}: train/ has images but no labels CSV (looked for trainLabels.csv, "
-                "train_labels.csv, train.csv, labels.csv)"
-            )
+    table = folder = None
+    if labels_csv is not None:
         table = read_csv(tree, labels_csv)
         id_col, label_col = id_and_label_columns(table)
         ids = unique_ids(table, id_col)
+        folder = "train" if flat else locate_labelled(tree, table, ids)
+    if folder is not None:
+        flat = image_files(tree, folder)
         classes, labels, form = encode_labels(table, label_col, expected)
         paths, missing = [], []
         for ident, line in zip(ids, table.lines):
@@ -203,16 +253,25 @@ def load_train(tree: FileTree, expected: list[str] | None) -> tuple[list[str], I
                 missing.append(f"'{ident}' (line {line})")
             paths.append(path)
         if missing:
-            raise PipelineError(f"{table.where}: {len(missing)} ids have no image in train/: {_examples(missing)}")
+            raise PipelineError(f"{table.where}: {len(missing)} ids have no image in {folder}/: {_examples(missing)}")
         unlabelled = sorted(set(flat.values()) - set(paths), key=natural_key)
         if unlabelled:
             raise PipelineError(
-                f"{table.where}: {len(unlabelled)} images in train/ have no label: {_examples(unlabelled)}"
+                f"{table.where}: {len(unlabelled)} images in {folder}/ have no label: {_examples(unlabelled)}"
             )
+        if folder != "train":
+            log.info("%s: labelled images found in %s/", table.where, folder)
         where = table.where
+    elif flat:
+        raise PipelineError(
+            f"{tree.label}: train/ has images but no labels CSV (looked for trainLabels.csv, "
+            "train_labels.csv, train.csv, labels.csv)"
+        )
     elif folders:
         if labels_csv is not None:
-            log.warning("%s: ignored; labels come from the train/<class>/ folders", tree.where(labels_csv))
+            # Its ids name no image under train/: it labels something else (so it is safe to leave out).
+            log.warning("%s: none of its ids is an image under train/; labels come from the train/<class>/ "
+                        "folders", table.where)
         classes = list(expected or sorted(folders))
         unknown = sorted(set(folders) - set(classes))
         if unknown:
@@ -227,10 +286,9 @@ def load_train(tree: FileTree, expected: list[str] | None) -> tuple[list[str], I
         ids = stems if len(set(stems)) == len(stems) else [p.split("/", 1)[1].rsplit(".", 1)[0] for p in paths]
         labels, form, where = np.array(labels_list, np.int64), "name", f"{tree.label}:train/"
     else:
-        hint = " (train.7z must be extracted first)" if find_top_file(tree, ("train.7z",)) else ""
         raise PipelineError(
             f"{tree.label}: no training images: expected train/<id>.<ext> with a labels CSV, "
-            f"or train/<class>/<image>{hint}"
+            f"or train/<class>/<image>"
         )
     return classes, ImageSet(ids=ids, labels=labels, load=_decoder(tree, paths, "train"), where=where), form
 
@@ -238,8 +296,12 @@ def load_train(tree: FileTree, expected: list[str] | None) -> tuple[list[str], I
 def load_test(tree: FileTree, train_form: str) -> tuple[ImageSet, SubmissionFormat, bytes | None]:
     files = image_files(tree, "test")
     if not files:
-        hint = " (test.7z must be extracted first)" if find_top_file(tree, ("test.7z",)) else ""
-        raise PipelineError(f"{tree.label}: no test images: expected test/<id>.<ext>{hint}")
+        # test/test/<id>.png (test.zip unzipped into test/): one image folder under test*/ is unambiguous.
+        nested = [f for f in image_folders(tree) if _canonical(f.split("/", 1)[0]).startswith("test")]
+        if len(nested) == 1:
+            files = image_files(tree, nested[0])
+    if not files:
+        raise PipelineError(f"{tree.label}: no test images: expected test/<id>.<ext>")
     sample_name = find_top_file(tree, SAMPLE_CSVS)
     if sample_name is None:
         ids = sorted(files, key=natural_key)

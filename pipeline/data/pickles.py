@@ -137,8 +137,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed")
 
 
+# How pickles begin: protocol 2+ with PROTO; protocols 0/1 (old course files) with a dict/list/mark opcode.
+_PICKLE_STARTS = (b"\x80", b"(", b"}", b"]", b")")
+
+
 def restricted_loads(data: bytes, where: str) -> Any:
     """Unpickle `data` allowing only plain containers and numpy arrays of plain dtypes."""
+    if not data.startswith(_PICKLE_STARTS):
+        raise PipelineError(f"{where}: not a pickle (it starts with {data[:8]!r}); expected a CIFAR-style pickle file")
     try:
         obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except RefusedGlobal as e:

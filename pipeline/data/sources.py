@@ -9,6 +9,7 @@ Each source is a class registered in SOURCES with
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from pipeline.data.ingested import (
     numbered_ids,
 )
 from pipeline.data.kaggle_layout import load_kaggle_layout
+from pipeline.data.limits import Limits
 from pipeline.errors import PipelineError
 from pipeline.registry import Registry
 
@@ -65,13 +67,14 @@ class FetchContext:
     work_dir: Path
     reuse_dir: Path | None = None  # the previous run's raw/, to skip downloading again
     classes: list[str] | None = None
+    limits: Limits = field(default_factory=Limits)
     _trees: list[FileTree] = field(default_factory=list)
 
     def fetch(self, location: str, md5: str | None = None) -> Path:
         return fetch(location, self.raw_dir, md5=md5, reuse=self.reuse_dir)
 
     def open(self, path: Path, label: str | None = None) -> FileTree:
-        tree = open_nested(open_tree(path, self.work_dir, label), self.work_dir)
+        tree = open_nested(open_tree(path, self.work_dir, label, self.limits), self.work_dir)
         self._trees.append(tree)
         return tree
 
@@ -202,7 +205,7 @@ class FashionMnist:
             name = names.get(stem + ".gz") or names.get(stem)
             if name is None:
                 raise PipelineError(f"{tree.label}: {stem}(.gz) is missing")
-            return read_idx(tree.read(name), tree.where(name), magic)
+            return read_idx(tree.read(name), tree.where(name), magic, tree.limits)
 
         parts = {}
         for split, prefix in (("train", "train"), ("test", "t10k")):
@@ -216,13 +219,17 @@ class FashionMnist:
         return Ingested(list(FASHION_MNIST_CLASSES), parts["train"], parts["test"], KAGGLE_FORMAT, details=details)
 
 
-def read_idx(data: bytes, where: str, magic: int) -> np.ndarray:
+def read_idx(data: bytes, where: str, magic: int, limits: Limits | None = None) -> np.ndarray:
     """An idx file (http://yann.lecun.com/exdb/mnist/): big-endian magic, dims, then uint8 values."""
     if data[:2] == b"\x1f\x8b":
+        limits = limits or Limits()
+        cap = limits.member_mb * (1 << 20)
         try:
-            data = gzip.decompress(data)
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
+                data = gz.read(cap + 1)  # never more than the limit, however well it compresses
         except (OSError, EOFError) as e:
             raise PipelineError(f"{where}: damaged gzip ({e})") from None
+        limits.check_member(where, len(data))
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(data) < header or int.from_bytes(data[:4], "big") != magic:
@@ -347,6 +354,7 @@ def ingest(
         fetched = ctx.fetch(test_source)
         if not fetched.is_file():
             raise PipelineError(f"{test_source}: --test-source must be a pickle file, not a folder")
+        ctx.limits.check_member(where, fetched.stat().st_size)
         data.test = read_course_test(fetched.read_bytes(), where)
         data.submission, data.sample_submission = COURSE_FORMAT, None
         details["test_source"] = test_source

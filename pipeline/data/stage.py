@@ -1,14 +1,15 @@
 """`python -m pipeline data`: raw competition files -> data/<competition>/ (layout in dataset.py).
 
-Everything is built in a temp folder beside data/<competition> and renamed into place at the
-end, so a failed or interrupted run leaves the previous good folder as it was.
+Everything is built in a temp folder beside data/<competition> and swapped into place at the end
+(folders.py), so a failed or interrupted run leaves the previous good folder as it was. Images are
+decoded by worker processes straight into the .npy files (images.py).
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import re
-import tempfile
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,13 @@ from typing import Any
 import click
 import numpy as np
 
-from pipeline.artifacts import atomic_write_json, building_dir, file_entry, write_manifest
+from pipeline.artifacts import atomic_write_json, file_entry, write_manifest
 from pipeline.config import config_dict, resolve_config
 from pipeline.data.fetch import raw_entry
-from pipeline.data.images import channel_stats
+from pipeline.data.folders import building_dir, recover, scratch_dir
+from pipeline.data.images import channel_stats, default_workers
 from pipeline.data.ingested import Ingested
+from pipeline.data.limits import Limits
 from pipeline.data.sources import SOURCES, FetchContext, ingest
 from pipeline.data.split import stratified_split, stratified_subset
 from pipeline.errors import PipelineError
@@ -47,6 +50,10 @@ class DataConfig:
     val_fraction: float = 0.1
     seed: int = 0
     data_root: str = "data"
+    workers: int = 0  # image decode processes; 0: one per available core
+    max_member_mb: int = Limits.member_mb  # one file inside an archive
+    max_csv_mb: int = Limits.csv_mb  # one CSV file
+    max_extract_mb: int = Limits.extract_mb  # everything one tar/7z extracts to scratch space
 
 
 def check_config(cfg: DataConfig) -> None:
@@ -58,6 +65,12 @@ def check_config(cfg: DataConfig) -> None:
         raise PipelineError(f"--limit must be at least 1, got {cfg.limit}")
     if not 0 <= cfg.val_fraction < 1:
         raise PipelineError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
+    if cfg.workers < 0:
+        raise PipelineError(f"--workers must be 0 (one per core) or more, got {cfg.workers}")
+    for flag, value in (("--max-member-mb", cfg.max_member_mb), ("--max-csv-mb", cfg.max_csv_mb),
+                        ("--max-extract-mb", cfg.max_extract_mb)):
+        if value < 1:
+            raise PipelineError(f"{flag} must be at least 1, got {value}")
 
 
 def run(cfg: DataConfig) -> dict[str, Any]:
@@ -67,15 +80,18 @@ def run(cfg: DataConfig) -> dict[str, Any]:
     root = Path(cfg.data_root)
     final = root / cfg.competition
     root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=f".{cfg.competition}.work.") as work:
+    recover(final)
+    work = scratch_dir(final, "work")
+    try:
         with building_dir(final) as out:
             raw = out / "raw"
             raw.mkdir()
             ctx = FetchContext(
                 raw_dir=raw,
-                work_dir=Path(work),
+                work_dir=work,
                 reuse_dir=final / "raw" if (final / "raw").is_dir() else None,
                 classes=cfg.classes,
+                limits=Limits(cfg.max_member_mb, cfg.max_csv_mb, cfg.max_extract_mb),
             )
             try:
                 data = ingest(
@@ -89,6 +105,8 @@ def run(cfg: DataConfig) -> dict[str, Any]:
                 meta = write_prepared(out, data, cfg, started)
             finally:
                 ctx.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return meta
 
 
@@ -100,21 +118,35 @@ class Selected:
     answers: np.ndarray | None  # withheld test labels, aligned with test_ids
 
 
-def select(data: Ingested, cfg: DataConfig) -> Selected:
-    """Choose the rows (a stratified --limit subset; the sample submission's first test rows) and decode them."""
+def check_classes(data: Ingested) -> None:
+    """A classifier needs at least two classes among its training labels."""
+    present = np.unique(data.train.labels)
+    if len(data.classes) < 2 or len(present) < 2:
+        only = data.classes[int(present[0])] if len(present) == 1 else "none"
+        raise PipelineError(
+            f"{data.train.where}: the training images have {len(present)} class ('{only}'); "
+            "a classifier needs at least 2. Check the layout (train/<class>/ folders, or train/<id> with a labels CSV)")
+
+
+def select(data: Ingested, cfg: DataConfig, out: Path) -> Selected:
+    """Choose the rows (a stratified --limit subset; the sample submission's first test rows) and decode
+    them straight into out/train_images.npy and out/test_images.npy."""
     if len(data.train) == 0:
         raise PipelineError(f"{data.train.where}: no training images")
     if len(data.test) == 0:
         raise PipelineError(f"{data.test.where}: no test images")
+    check_classes(data)
     if cfg.limit:
         train_rows = stratified_subset(data.train.labels, cfg.limit, cfg.seed)
         n_test = min(len(data.test), max(MIN_LIMITED_TEST, cfg.limit // 5))
     else:
         train_rows, n_test = np.arange(len(data.train)), len(data.test)
-    train_images = data.train.load(train_rows, None)
+    workers = cfg.workers or default_workers()
+    train_images = data.train.load(train_rows, None, dest=out / "train_images.npy", workers=workers)
     if train_images.ndim != 4 or train_images.shape[-1] not in (1, 3):
         raise PipelineError(f"{data.train.where}: images have shape {train_images.shape[1:]}, expected H x W x 1 or 3")
-    test_images = data.test.load(np.arange(n_test), train_images.shape[1:])
+    test_images = data.test.load(np.arange(n_test), train_images.shape[1:], dest=out / "test_images.npy",
+                                 workers=workers)
     if test_images.shape[1:] != train_images.shape[1:]:
         raise PipelineError(
             f"{data.test.where}: test images are {test_images.shape[1:]}, "
@@ -133,11 +165,12 @@ def select(data: Ingested, cfg: DataConfig) -> Selected:
 
 def write_prepared(out: Path, data: Ingested, cfg: DataConfig, started: float) -> dict[str, Any]:
     """Write arrays, split, sample submission, answer key, meta.json and manifest.json into `out`."""
-    kept = select(data, cfg)
+    kept = select(data, cfg, out)
     arrays, fmt = kept.arrays, data.submission
     # Plain np.save: `out` is a temp folder renamed only when complete, so each file need not be atomic.
     for name, array in arrays.items():
-        np.save(out / f"{name}.npy", array, allow_pickle=False)
+        if not name.endswith("_images"):  # the images were decoded into their files already
+            np.save(out / f"{name}.npy", array, allow_pickle=False)
     train_idx, val_idx = stratified_split(arrays["train_labels"], cfg.val_fraction, cfg.seed)
     np.savez(out / SPLIT, train_idx=train_idx, val_idx=val_idx)
     n_test = len(arrays["test_ids"])
@@ -232,6 +265,11 @@ def summary(meta: dict[str, Any], folder: Path) -> str:
 @click.option("--val-fraction", type=float, help="Fraction of training images held out for validation [0.1].")
 @click.option("--seed", type=int, help="Seed of the --limit subset and the validation split [0].")
 @click.option("--data-root", help="Folder holding prepared competitions [data].")
+@click.option("--workers", type=int, help="Image decode processes; 0: one per available core [0].")
+@click.option("--max-member-mb", type=int, help=f"Largest file read from inside an archive, MiB [{Limits.member_mb}].")
+@click.option("--max-csv-mb", type=int, help=f"Largest CSV read, MiB [{Limits.csv_mb}].")
+@click.option("--max-extract-mb", type=int,
+              help=f"Most one tar/7z may extract to scratch space, MiB [{Limits.extract_mb}].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of DataConfig keys.")
 def command(config_file: str | None, classes: str | None, **overrides: Any) -> None:
     """Fetch a competition's raw files and write canonical arrays, split and meta.json.

@@ -603,6 +603,7 @@ def data_provenance(data: PreparedData) -> dict[str, Any]:
         "competition": data.meta.get("competition"),
         "meta_sha256": sha256_file(data.root / "meta.json"),
         "split_sha256": sha256_file(data.root / "split.npz"),
+        "arrays_sha256": data.lineage,  # what predict and ensemble check the data against
     }
 
 

@@ -1,0 +1,58 @@
+"""Size limits on what the data stage reads, so a tiny hostile archive cannot exhaust memory or disk.
+
+Sizes are checked from archive headers before anything is read, and again while a CSV is
+streamed (a header can lie). Each limit has a data-stage flag to raise it.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from pipeline.errors import PipelineError
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    member_mb: int = 4096  # one file inside an archive (Kaggle's cifar-10 test.7z is ~600 MiB)
+    csv_mb: int = 100  # one CSV (a 300,000-row sample submission is ~3 MiB)
+    extract_mb: int = 32768  # everything one tar/7z extracts to disk
+
+    def check_member(self, where: str, size: int) -> None:
+        _check(where, size, self.member_mb, "a file inside an archive", "--max-member-mb")
+
+    def check_csv(self, where: str, size: int) -> None:
+        _check(where, size, self.csv_mb, "a CSV file", "--max-csv-mb")
+
+    def check_extract(self, where: str, size: int) -> None:
+        _check(where, size, self.extract_mb, "what one archive extracts to disk", "--max-extract-mb")
+
+
+def _check(where: str, size: int, limit_mb: int, what: str, flag: str) -> None:
+    if size > limit_mb * MIB:
+        raise PipelineError(
+            f"{where}: {size / MIB:,.1f} MiB, over the {limit_mb:,} MiB limit for {what} (raise it with {flag})"
+        )
+
+
+class BoundedReader(io.RawIOBase):
+    """A binary stream that fails with the limit's message once more than `limit_mb` MiB come out."""
+
+    def __init__(self, raw: BinaryIO, where: str, check):
+        self._raw, self._where, self._check, self._done = raw, where, check, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._raw.read(len(buffer))
+        self._done += len(data)
+        self._check(self._where, self._done)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
