@@ -1,6 +1,6 @@
 # Raw competition data -> trained models -> logits -> ensemble -> validated Kaggle submission.
 # Every target is a real file (a stage's manifest), so make reruns only what is out of date.
-# `make help` lists the targets; variables: COMPETITION MODEL RUN RUNS EPOCHS DEVICE CONFIG SOURCE LIMIT.
+# `make help` lists the targets; variables: COMPETITION MODEL RUN RUNS EPOCHS BUDGET DEVICE CONFIG SOURCE LIMIT.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -9,20 +9,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.requirements-installed
 
+# Saved choices: `make use COMPETITION=... SOURCE=...` writes them to LOCAL_MK (git-ignored), read by
+# every later call; a variable given on the command line still wins.
+LOCAL_MK ?= local.mk
+SAVABLE := COMPETITION SOURCE KAGGLE LIMIT MODEL EPOCHS BUDGET DEVICE CONFIG TRAIN_ARGS RUN RUNS TTA CHECKPOINT \
+	ENSEMBLE_ARGS SUBMIT_ARGS SUBMISSION
+-include $(LOCAL_MK)
+FROM_LOCAL_MK := $(foreach v,$(SAVABLE),$(if $(filter file,$(origin $(v))),$(v)))
+
 COMPETITION ?= cifar10
-SOURCE ?=
-KAGGLE ?=
-LIMIT ?=
-MODEL ?= resnet20
-EPOCHS ?= 30
-DEVICE ?= auto
-CONFIG ?=
-TRAIN_ARGS ?=
-RUN ?= $(COMPETITION)-$(subst :,-,$(MODEL))
-RUNS ?= $(RUN)
-TTA ?= flip
-CHECKPOINT ?= best
-ENSEMBLE_ARGS ?=
+# Stage arguments with no default here (SOURCE KAGGLE LIMIT MODEL EPOCHS DEVICE CONFIG TRAIN_ARGS TTA
+# CHECKPOINT RUNS ENSEMBLE_ARGS): a stage gets a flag only for what was given, so a CONFIG's values and
+# each stage's own defaults hold otherwise.
+MODEL_NAME = $(or $(MODEL),$(if $(CONFIG),$(shell sed -n 's/^model:[[:space:]]*\([^[:space:]#]*\).*/\1/p' $(CONFIG) 2>/dev/null | head -n 1)),resnet20)
+RUN ?= $(COMPETITION)-$(subst :,-,$(MODEL_NAME))
 SUBMIT_ARGS ?=
 DATA_ROOT ?= data
 RUNS_DIR ?= checkpoints
@@ -34,34 +34,82 @@ SCALE ?= quick
 LAB_ARGS ?=
 LABS := $(basename $(notdir $(wildcard configs/labs/*.yaml)))
 SHARED_BUNDLE ?= ../shared/competitions/cifar10-jpg/cifar10-jpg.zip
+PARAMS_DIR ?= .make
 
 DATA_DIR := $(DATA_ROOT)/$(COMPETITION)
 RUN_DIR := $(RUNS_DIR)/$(RUN)
 # A stage's code is one of its inputs (as in DVC): editing it makes its outputs stale.
-CORE_SRC := pipeline/artifacts.py pipeline/config.py pipeline/errors.py pipeline/registry.py
+CORE_SRC := pipeline/artifacts.py pipeline/config.py pipeline/cli_config.py pipeline/errors.py pipeline/registry.py
 DATA_SRC := $(CORE_SRC) $(wildcard pipeline/data/*.py)
 MODEL_SRC := $(CORE_SRC) $(wildcard pipeline/models/*.py) pipeline/checkpoint.py pipeline/runtime.py
-TRAIN_SRC := $(MODEL_SRC) $(wildcard pipeline/train/*.py pipeline/augment/*.py) $(CONFIG)
-PREDICT_SRC := $(MODEL_SRC) pipeline/predict.py pipeline/tta.py pipeline/run_outputs.py pipeline/data/dataset.py
-ENSEMBLE_SRC := $(CORE_SRC) pipeline/ensemble.py pipeline/submission.py pipeline/run_outputs.py
+TRAIN_SRC = $(MODEL_SRC) pipeline/run_layout.py $(wildcard pipeline/train/*.py pipeline/augment/*.py) $(filter %.yaml %.yml,$(TRAIN_OPTS))
+PREDICT_SRC := $(MODEL_SRC) pipeline/predict.py pipeline/tta.py pipeline/run_layout.py pipeline/data/dataset.py
+ENSEMBLE_SRC := $(CORE_SRC) pipeline/ensemble.py pipeline/submission.py pipeline/run_layout.py
 
-# Parameters are inputs too: each stage's arguments live in a file rewritten only when they change.
-PARAMS_DIR ?= .make
-define params_file
-$(shell mkdir -p $(PARAMS_DIR) && f=$(PARAMS_DIR)/$(1); printf '%s\n' '$(2)' | cmp -s - $$f 2>/dev/null || printf '%s\n' '$(2)' > $$f; echo $$f)
-endef
-DATA_ARGS := --competition $(COMPETITION) --data-root $(DATA_ROOT) $(if $(SOURCE),--source $(SOURCE)) $(if $(KAGGLE),--kaggle $(KAGGLE)) $(if $(LIMIT),--limit $(LIMIT))
-TRAIN_CMD_ARGS := --data $(DATA_DIR) --model $(MODEL) --run $(RUN) --out-dir $(RUNS_DIR) --epochs $(EPOCHS) --device $(DEVICE) $(if $(CONFIG),--config $(CONFIG)) $(TRAIN_ARGS)
-PREDICT_ARGS := --run $(RUN) --runs-dir $(RUNS_DIR) --tta $(TTA) --checkpoint $(CHECKPOINT) --device $(DEVICE)
-DATA_PARAMS = $(call params_file,data-$(COMPETITION).args,$(DATA_ARGS))
-TRAIN_PARAMS = $(call params_file,train-$(RUN).args,$(TRAIN_CMD_ARGS))
-PREDICT_PARAMS = $(call params_file,predict-$(RUN).args,$(PREDICT_ARGS))
+# Parameters are inputs too. A stage's recipe saves the arguments it ran with in PARAMS_DIR/<stage>.args
+# once it succeeds (never while make reads this file, so `make -n` and failed calls change nothing).
+# A call that gives none of a stage's variables reuses the saved ones: a later target takes an
+# earlier stage as it is on disk instead of rebuilding it from today's defaults. A call whose
+# arguments differ from the saved ones makes the stage stale (FORCE).
+given = $(strip $(foreach v,$(1),$(if $(filter command line environment override,$(origin $(v)))$(filter $(v),$(FROM_LOCAL_MK)),$(v))))
+saved = $(strip $(if $(wildcard $(PARAMS_DIR)/$(1).args),$(file <$(PARAMS_DIR)/$(1).args)))
+# $(call options,KEY,OPTIONS,VARIABLES[,FALLBACK]): OPTIONS if one of VARIABLES was given, else the saved
+# ones, else FALLBACK (a first run: the stage's own defaults).
+options = $(strip $(if $(call given,$(3)),$(2),$(or $(call saved,$(1)),$(4))))
+differs = $(if $(subst $(strip $(1)),,$(strip $(2)))$(subst $(strip $(2)),,$(strip $(1))),FORCE)
+# FORCE when a call gave a stage's variables and they differ from what it last ran with.
+stale = $(if $(call given,$(3)),$(call differs,$(call saved,$(1)),$(2)))
+save_args = @mkdir -p $(PARAMS_DIR) && printf '%s\n' '$(subst ','\'',$(2))' > $(PARAMS_DIR)/.$(1).tmp \
+	&& mv $(PARAMS_DIR)/.$(1).tmp $(PARAMS_DIR)/$(1).args
 
-.PHONY: help venv data train predict ensemble submit validate report sweep lab demo smoke test bench bench-models bench-engine bench-data quality leaderboard info zoo clean-demo
+DATA_KEY := data-$(COMPETITION)
+DATA_VARS := SOURCE KAGGLE LIMIT
+DATA_OPTS := $(call options,$(DATA_KEY),$(if $(SOURCE),--source $(SOURCE)) $(if $(KAGGLE),--kaggle $(KAGGLE)) \
+	$(if $(LIMIT),--limit $(LIMIT)),$(DATA_VARS))
+DATA_ARGS := --competition $(COMPETITION) --data-root $(DATA_ROOT) $(DATA_OPTS)
+
+TRAIN_KEY := train-$(RUN)
+TRAIN_VARS := MODEL EPOCHS BUDGET CONFIG TRAIN_ARGS
+# A run trained outside make (no saved options) is retrained, if ever stale, from its own config.yaml.
+TRAIN_OPTS := $(call options,$(TRAIN_KEY),$(if $(MODEL),--model $(MODEL)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+	$(if $(BUDGET),--time-budget $(BUDGET)) $(if $(CONFIG),--config $(CONFIG)) $(TRAIN_ARGS),$(TRAIN_VARS),\
+	$(if $(wildcard $(RUN_DIR)/config.yaml),--config $(RUN_DIR)/config.yaml))
+# make retrains a stale run into a staging folder that replaces it only once training completes
+# (TRAIN_ARGS=--extend: continue it when only EPOCHS grew); --resume or --overwrite choose otherwise.
+TRAIN_MODE := $(if $(filter --resume --overwrite,$(TRAIN_OPTS)),,--replace --no-resume --no-overwrite)
+# DEVICE says where to compute, not what: it is passed when given but never makes a stage stale.
+TRAIN_CMD := --data $(DATA_DIR) --run $(RUN) --out-dir $(RUNS_DIR) $(TRAIN_OPTS) $(TRAIN_MODE) $(if $(DEVICE),--device $(DEVICE))
+
+PREDICT_KEY := predict-$(RUN)
+PREDICT_VARS := TTA CHECKPOINT
+PREDICT_OPTS := $(call options,$(PREDICT_KEY),$(if $(TTA),--tta $(TTA)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)),\
+	$(PREDICT_VARS))
+PREDICT_ARGS := --run $(RUN) --runs-dir $(RUNS_DIR) $(PREDICT_OPTS) $(if $(DEVICE),--device $(DEVICE))
+
+# The blend: RUNS if given, else RUN if given, else the runs it last blended, else RUN.
+ENSEMBLE_KEY := ensemble-$(subst /,_,$(SUBMISSION))
+ENSEMBLE_RUNS := $(call options,$(ENSEMBLE_KEY).runs,$(if $(call given,RUNS),$(RUNS),$(RUN)),RUNS RUN,$(RUN))
+ENSEMBLE_OPTS := $(call options,$(ENSEMBLE_KEY).opts,$(ENSEMBLE_ARGS),ENSEMBLE_ARGS)
+
+DATA_STALE := $(call stale,$(DATA_KEY),$(DATA_OPTS),$(DATA_VARS))
+TRAIN_STALE := $(call stale,$(TRAIN_KEY),$(TRAIN_OPTS),$(TRAIN_VARS))
+PREDICT_STALE := $(call stale,$(PREDICT_KEY),$(PREDICT_OPTS),$(PREDICT_VARS))
+ENSEMBLE_STALE := $(sort $(call stale,$(ENSEMBLE_KEY).runs,$(ENSEMBLE_RUNS),RUNS RUN) \
+	$(call stale,$(ENSEMBLE_KEY).opts,$(ENSEMBLE_OPTS),ENSEMBLE_ARGS))
+
+.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab demo smoke test test-gpu test-slow bench bench-models bench-engine bench-data quality leaderboard info zoo clean-demo
+
+FORCE:
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
-	@echo "  variables: COMPETITION=$(COMPETITION) MODEL=$(MODEL) RUN=$(RUN) EPOCHS=$(EPOCHS) DEVICE=$(DEVICE)"
+	@echo "  now: COMPETITION=$(COMPETITION) RUN=$(RUN)$(foreach v,$(FROM_LOCAL_MK),; $(v) from $(LOCAL_MK))"
+
+use: ## Save choices for later calls: make use COMPETITION=cifar10-jpg SOURCE=path.zip (VAR= forgets one); no args: show
+	@touch $(LOCAL_MK)
+	@$(foreach v,$(SAVABLE),$(if $(filter command line,$(origin $(v))),\
+		grep -v '^$(v) :=' $(LOCAL_MK) > $(LOCAL_MK).tmp; $(if $($(v)),printf '%s := %s\n' '$(v)' '$(subst ','\'',$($(v)))' >> $(LOCAL_MK).tmp;) mv $(LOCAL_MK).tmp $(LOCAL_MK);))
+	@echo "saved choices ($(LOCAL_MK)), used by every later make call unless given again:"; cat $(LOCAL_MK)
 
 venv: $(VENV_STAMP) ## Create .venv and install the pinned requirements
 
@@ -72,23 +120,36 @@ $(VENV_STAMP): requirements.txt
 
 data: $(DATA_DIR)/meta.json ## Prepare data/<competition>: raw/, arrays, meta.json, split (SOURCE=, KAGGLE=, LIMIT=)
 
-$(DATA_DIR)/meta.json: $(VENV_STAMP) $(DATA_SRC) $(DATA_PARAMS)
+$(DATA_DIR)/meta.json: $(VENV_STAMP) $(DATA_SRC) $(DATA_STALE)
 	$(PY) -m pipeline data $(DATA_ARGS)
+	$(call save_args,$(DATA_KEY),$(DATA_OPTS))
 
 train: $(RUN_DIR)/manifest.json ## Train MODEL on COMPETITION into checkpoints/<run>
 
-$(RUN_DIR)/manifest.json: $(DATA_DIR)/meta.json $(TRAIN_SRC) $(TRAIN_PARAMS)
-	$(PY) -m pipeline train $(TRAIN_CMD_ARGS)
+$(RUN_DIR)/manifest.json: $(DATA_DIR)/meta.json $(TRAIN_SRC) $(TRAIN_STALE)
+	$(PY) -m pipeline train $(TRAIN_CMD)
+	$(call save_args,$(TRAIN_KEY),$(TRAIN_OPTS))
 
 predict: $(RUN_DIR)/predict.json ## Val + test logits of RUN with TTA
 
-$(RUN_DIR)/predict.json: $(RUN_DIR)/manifest.json $(PREDICT_SRC) $(PREDICT_PARAMS)
+$(RUN_DIR)/predict.json: $(RUN_DIR)/manifest.json $(PREDICT_SRC) $(PREDICT_STALE)
 	$(PY) -m pipeline predict $(PREDICT_ARGS)
+	$(call save_args,$(PREDICT_KEY),$(PREDICT_OPTS))
+
+# The other runs a blend names (RUNS): predicted with the options they last used; taken as on disk.
+$(RUNS_DIR)/%/predict.json: $(RUNS_DIR)/%/manifest.json $(PREDICT_SRC)
+	$(PY) -m pipeline predict --run $* --runs-dir $(RUNS_DIR) $(call saved,predict-$*) $(if $(DEVICE),--device $(DEVICE))
+	$(call save_args,predict-$*,$(call saved,predict-$*))
+
+$(RUNS_DIR)/%/manifest.json:
+	@echo "$(RUNS_DIR)/$*: no trained run there; train it first (make train RUN=$* MODEL=... or CONFIG=...)"; exit 1
 
 ensemble: $(SUBMISSION) ## Blend RUNS into submissions/predictions.csv
 
-$(SUBMISSION): $(foreach r,$(RUNS),$(RUNS_DIR)/$(r)/predict.json) $(ENSEMBLE_SRC)
-	$(PY) -m pipeline ensemble $(RUNS) --runs-dir $(RUNS_DIR) --out $@ $(ENSEMBLE_ARGS)
+$(SUBMISSION): $(foreach r,$(ENSEMBLE_RUNS),$(RUNS_DIR)/$(r)/predict.json) $(ENSEMBLE_SRC) $(ENSEMBLE_STALE)
+	$(PY) -m pipeline ensemble $(ENSEMBLE_RUNS) --runs-dir $(RUNS_DIR) --out $@ $(ENSEMBLE_OPTS)
+	$(call save_args,$(ENSEMBLE_KEY).runs,$(ENSEMBLE_RUNS))
+	$(call save_args,$(ENSEMBLE_KEY).opts,$(ENSEMBLE_OPTS))
 
 validate: $(SUBMISSION) ## Check predictions.csv against the sample submission
 	$(PY) -m pipeline validate $(SUBMISSION) --data $(DATA_DIR)
@@ -107,7 +168,7 @@ lab: $(VENV_STAMP) ## A course lab beside its report: LAB=ece661-simplenn SCALE=
 	$(PY) -m pipeline lab $(LAB) --scale $(SCALE) $(LAB_ARGS)
 
 info: $(VENV_STAMP) ## Per-layer params/MACs of MODEL
-	$(PY) -m pipeline info --model $(MODEL)
+	$(PY) -m pipeline info --model $(MODEL_NAME)
 
 zoo: $(VENV_STAMP) ## Params/MACs of every registered model on 3x32x32 (the README table)
 	$(PY) -m pipeline info --zoo
@@ -128,7 +189,13 @@ smoke: $(VENV_STAMP) ## The chain on a 1,000-image subset of the shared CIFAR-10
 test: $(VENV_STAMP) ## Run the test suite
 	$(PY) -m pytest -q
 
-bench: $(VENV_STAMP) ## Training/inference img/s: naive torchvision loop vs this pipeline
+test-gpu: $(VENV_STAMP) ## The CUDA tests (fp16+GradScaler resume, bf16, compile, GPU loader, predict); skip without a GPU
+	$(PY) -m pytest -q -rs -m cuda
+
+test-slow: $(VENV_STAMP) ## Tests left out of `make test` for their CPU minutes (real inductor compile)
+	$(PY) -m pytest -q -rs -m slow
+
+bench: $(VENV_STAMP) ## Training img/s: the default path vs every variant (precision, layout, compile) and the naive loop; inference
 	$(PY) bench/run.py
 
 quality: $(VENV_STAMP) ## A recipe end to end on the shared CIFAR-10 bundle (CONFIG=configs/airbench94.yaml SEED= FINAL_FIT=1)

@@ -92,7 +92,7 @@ def main() -> None:
         "machine": machine_summary(), "config": args.config, "run": run, "model": config.get("model"),
         "config_sha256": sha256_file(REPO / args.config),
         "seed": args.seed if args.seed is not None else config.get("seed", 0),
-        "epochs": config.get("epochs"), "checkpoint": args.checkpoint,
+        "epochs": config.get("epochs"), "checkpoint": args.checkpoint, "train_args": args.train_arg,
         "final_val_acc": history.get("val_acc"), "best_val_acc": train_manifest["metrics"].get("best_val_acc"),
         "tta_val_acc": predicted.get("metrics", {}).get("val_accuracy"), "tta_saved": predicted.get("tta"),
         "train_img_per_s": speeds[len(speeds) // 2] if speeds else None,

@@ -61,8 +61,12 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     return atomic_write_text(path, yaml.safe_dump(config_dict(cfg), sort_keys=False))
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               list: "a list", tuple: "a list", dict: "a mapping"}
+
+
 def _coerce(cls: type, field: dataclasses.Field, value: Any, origin: str) -> Any:
-    """YAML and click already give typed values; this only checks them and fixes tuples/floats."""
+    """A YAML or CLI value as the field's type, or one line naming the file, key, type and value."""
     hints = typing.get_type_hints(cls)
     hint = hints.get(field.name)
     base = typing.get_origin(hint) or hint
@@ -72,20 +76,43 @@ def _coerce(cls: type, field: dataclasses.Field, value: Any, origin: str) -> Any
             return None
         hint, base = args[0], typing.get_origin(args[0]) or args[0]
     try:
-        if base is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return _as_type(base, value)
+    except (TypeError, ValueError):
+        expected = _TYPE_NAMES.get(base, getattr(base, "__name__", str(base)))
+        raise PipelineError(f"{origin}: config key '{field.name}' expects {expected}, got {value!r}") from None
+
+
+def _as_type(base: Any, value: Any) -> Any:
+    if isinstance(value, bool) and base is not bool:
+        raise TypeError  # YAML's yes/no/true are not numbers or strings here
+    if base is float:
+        if isinstance(value, (int, float)):
             return float(value)
-        if base is int and isinstance(value, (int, str)) and not isinstance(value, bool):
+        if isinstance(value, str):
+            return float(value)  # YAML 1.1 reads 1e-3 as a string
+        raise TypeError
+    if base is int:
+        if isinstance(value, float) and value.is_integer():
             return int(value)
-        if base is bool and isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if base in (list, tuple) and isinstance(value, (list, tuple)):
+        if isinstance(value, (int, str)) and not isinstance(value, float):
+            return int(value)
+        raise TypeError  # 1.5 for an integer key is a mistake, not something to round
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise TypeError
+    if base is str:
+        if isinstance(value, (str, int, float)):
+            return str(value)
+        raise TypeError
+    if base in (list, tuple):
+        if isinstance(value, (list, tuple)):
             return list(value) if base is list else tuple(value)
-        if base is dict and isinstance(value, dict):
+        raise TypeError
+    if base is dict:
+        if isinstance(value, dict):
             return dict(value)
-    except ValueError:
-        raise PipelineError(f"{origin}: config key '{field.name}' expects {hint}, got {value!r}") from None
+        raise TypeError
     return value

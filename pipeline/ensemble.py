@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import click
 import numpy as np
 
 from pipeline.artifacts import file_entry, load_npy, read_json, sha256_file, write_manifest
+from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
 from pipeline.config import config_dict, resolve_config
 from pipeline.data.dataset import lineage_changes
 from pipeline.errors import PipelineError
 from pipeline.registry import Registry
-from pipeline.run_outputs import OUTPUTS, PREDICT_JSON
+from pipeline.run_layout import OUTPUTS, PREDICT_JSON
 from pipeline.submission import read_sample, sidecar_path, write_predictions
 
 log = logging.getLogger(__name__)
@@ -176,13 +177,14 @@ def check_compatible(members: Sequence[Member]) -> None:
 
 @dataclass
 class EnsembleConfig:
-    runs: list = field(default_factory=list)
-    runs_dir: str = "checkpoints"
-    method: str = "prob"
-    weights: list | None = None
-    select: str | None = None
-    rounds: int = 20
-    out: str = "submissions/predictions.csv"
+    runs: list[str] = setting([], "Runs to blend (the command's arguments).")
+    runs_dir: str = setting("checkpoints", "Where runs live.")
+    method: str = setting("prob", "prob: mean of probabilities; logit: mean of logits.", choices=lambda: METHODS.names())
+    weights: Optional[list] = setting(None, "One weight per run (equal if unset).", metavar="W1,W2,...")
+    select: Optional[str] = setting(None, "greedy: Caruana forward selection with replacement on val accuracy "
+                                          "(its val figure is then also cross-fitted).", choices=("greedy",))
+    rounds: int = setting(20, "Greedy selection rounds.")
+    out: str = setting("submissions/predictions.csv", "Predictions CSV.")
 
 
 def choose_weights(cfg: EnsembleConfig, members: Sequence[Member]) -> np.ndarray:
@@ -276,27 +278,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _numbers(text: str | None) -> list[float] | None:
-    if not text:
-        return None
-    try:
-        return [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise PipelineError(f"--weights: expected comma-separated numbers, got '{text}'") from None
-
-
 @click.command("ensemble")
 @click.argument("runs", nargs=-1, required=True)
-@click.option("--runs-dir", default=None, help="Where runs live [default: checkpoints].")
-@click.option("--method", type=click.Choice(METHODS.names()), default=None,
-              help="prob: mean of probabilities; logit: mean of logits [default: prob].")
-@click.option("--weights", default=None, metavar="W1,W2,...", help="One weight per run [default: equal].")
-@click.option("--select", type=click.Choice(["greedy"]), default=None,
-              help="greedy: Caruana forward selection with replacement on val accuracy.")
-@click.option("--rounds", type=int, default=None, help="Greedy selection rounds [default: 20].")
-@click.option("--out", default=None, help="Predictions CSV [default: submissions/predictions.csv].")
-def command(runs: tuple[str, ...], weights: str | None, **flags: Any) -> None:
+@config_file_option(EnsembleConfig)
+@config_options(EnsembleConfig, skip=("runs",))
+def command(runs: tuple[str, ...], config_file: str | None, **flags: Any) -> None:
     """Blend runs' saved logits; write predictions.csv and its ensemble manifest."""
-    cfg = resolve_config(EnsembleConfig, None, {**flags, "runs": list(runs), "weights": _numbers(weights)})
+    cfg = resolve_config(EnsembleConfig, config_file, {**parse_flag_lists(EnsembleConfig, flags), "runs": list(runs)})
     for line in summary_lines(run_ensemble(cfg)):
         click.echo(line)

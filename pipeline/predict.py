@@ -16,25 +16,27 @@ batch (see pipeline/tta.py). Every --tta level is scored on val; the most comple
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import click
 import numpy as np
 import torch
 
-from pipeline import tta
+from pipeline import flips, tta
 from pipeline.artifacts import atomic_save_npy, sha256_file, write_manifest
 from pipeline.checkpoint import build_model, load_checkpoint
+from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
 from pipeline.config import config_dict, resolve_config
 from pipeline.data.dataset import PreparedData, lineage_changes, load_prepared
 from pipeline.errors import PipelineError
-from pipeline.run_outputs import OUTPUTS, PREDICT_JSON
+from pipeline.run_layout import OUTPUTS, PREDICT_JSON
 from pipeline.runtime import (
-    autocast, nhwc_to_nchw, normalizer, resolve_device, resolve_precision, to_model_input,
+    PRECISIONS, autocast, nhwc_to_nchw, normalizer, resolve_device, resolve_precision, to_model_input,
 )
 
 log = logging.getLogger(__name__)
@@ -45,15 +47,21 @@ CHECKPOINTS = {"best": ("best.pt", None), "last": ("last.pt", "model"), "ema": (
 
 @dataclass
 class PredictConfig:
-    run: str = ""
-    runs_dir: str = "checkpoints"
-    tta: list = field(default_factory=lambda: ["none"])
-    checkpoint: str = "best"
-    device: str = "auto"
-    batch_size: int = 512
-    precision: str = "auto"  # bf16 where the hardware computes in it, else fp16 (old GPUs) / fp32 (CPU)
-    data: str | None = None  # prepared data folder; default: the one the run was trained on
-    allow_changed_data: bool = False  # predict even if the data's arrays changed since training
+    run: str = setting("", "Run folder name under --runs-dir.")
+    runs_dir: str = setting("checkpoints", "Where runs live.")
+    tta: list[str] = setting([], f"TTA level(s) to score: {', '.join(tta.TTA_LEVELS.names())}; a comma list, the "
+                                 "most complete is saved (unset: flip where the data's meta.json says a mirror "
+                                 "keeps the label, else none).", metavar="LEVEL[,LEVEL]")
+    checkpoint: str = setting("best", "best: best.pt (EMA weights if training kept an EMA); last: last.pt; ema: "
+                                      "last.pt's EMA weights.", choices=tuple(CHECKPOINTS))
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    batch_size: int = setting(512, "Images per forward pass.")
+    precision: str = setting("auto", "Autocast precision; auto: the one training's probe measured fastest, when "
+                                     "predicting on the device it measured, else fp32 on CPU / bf16 or fp16 on "
+                                     "CUDA.", choices=("auto", "fp32", "bf16", "fp16"))
+    data: Optional[str] = setting(None, "Prepared data folder (default: the one the run was trained on).")
+    allow_changed_data: bool = setting(False, "Predict even if the data folder's arrays changed since training "
+                                              "(it was rebuilt); otherwise that is refused.")
 
 
 @dataclass
@@ -145,16 +153,37 @@ def accuracy(logits: torch.Tensor | np.ndarray, labels: np.ndarray) -> float:
     return float((predicted == np.asarray(labels)).mean()) if len(labels) else float("nan")
 
 
+def measured_precision(run_dir: Path, ckpt: dict[str, Any], device: torch.device) -> str:
+    """"auto" for predict: the precision training's probe measured fastest, if it measured on this
+    same device (the run's manifest says where); else "auto" (runtime's unmeasured fallback)."""
+    from pipeline.machine import device_name
+
+    try:
+        probed = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")).get("probe") or {}
+    except (OSError, ValueError):
+        return "auto"
+    trained = (ckpt.get("config") or {}).get("precision", "auto")
+    return trained if probed.get("device") == device_name(device) and trained in PRECISIONS else "auto"
+
+
 def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     """Score every TTA level on val, save the most complete level's val/test logits; a summary dict."""
     started = time.time()
-    levels = tta.parse_levels(cfg.tta)
-    saved = tta.most_complete(levels)
+    levels = tta.parse_levels(cfg.tta) if cfg.tta else []
     run_dir = Path(cfg.runs_dir) / cfg.run
     loaded = load_run_model(run_dir, cfg.checkpoint)
     data = load_run_data(loaded.ckpt, loaded.path, cfg.data, cfg.allow_changed_data)
+    if levels:
+        flips.check_tta([level for level in levels if any(v.mirror for v in tta.level_views(level))], data.meta)
+    else:
+        levels = flips.default_tta(data.meta)
+        log.info("TTA %s: the default for %s (meta.json: flip_safe %s)", levels[0], data.root,
+                 str(flips.flip_safe(data.meta)).lower())
+    cfg = dataclasses.replace(cfg, tta=levels)  # predict.json records what ran
+    saved = tta.most_complete(levels)
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(measured_precision(run_dir, loaded.ckpt, device)
+                                  if cfg.precision == "auto" else cfg.precision, device)
     channels_last = bool((loaded.ckpt.get("config") or {}).get("channels_last", False))
     model = loaded.model.to(device)
     if channels_last:
@@ -228,26 +257,16 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 
 @click.command("predict")
-@click.option("--run", required=True, help="Run folder name under --runs-dir.")
-@click.option("--runs-dir", default=None, help="Where runs live [default: checkpoints].")
-@click.option("--tta", multiple=True, metavar="LEVEL[,LEVEL]",
-              help=f"TTA level(s) to score: {', '.join(tta.TTA_LEVELS.names())}; repeatable or comma "
-                   "list; the most complete is saved [default: none].")
-@click.option("--checkpoint", type=click.Choice(list(CHECKPOINTS)), default=None,
-              help="best: best.pt (EMA weights if training kept an EMA); last: last.pt; "
-                   "ema: last.pt's EMA weights [default: best].")
-@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: auto].")
-@click.option("--batch-size", type=int, default=None, help="Images per forward pass [default: 512].")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
-              help="Autocast precision; auto: bf16 where the hardware has it, else fp16 (old GPUs) or fp32 "
-                   "(CPUs without native bf16) [default: auto].")
-@click.option("--data", default=None, help="Prepared data folder [default: the run's own].")
-@click.option("--allow-changed-data", is_flag=True, default=None,
-              help="Predict even if the data folder's arrays changed since training (it was rebuilt).")
-def command(**flags: Any) -> None:
+@config_file_option(PredictConfig)
+@config_options(PredictConfig, skip=("tta",))
+@click.option("--tta", multiple=True, metavar="LEVEL[,LEVEL]",  # repeatable as well as a comma list
+              help=PredictConfig.__dataclass_fields__["tta"].metadata["help"])
+def command(config_file: str | None, **flags: Any) -> None:
     """Write a run's val/test logits (with TTA) and print val accuracy per TTA level."""
-    flags["tta"] = list(flags["tta"]) or None
-    cfg = resolve_config(PredictConfig, None, flags)
-    result = run_predict(dataclasses.replace(cfg, tta=tta.parse_levels(cfg.tta)))
+    flags["tta"] = [level for given in flags["tta"] for level in given.split(",") if level.strip()] or None
+    cfg = resolve_config(PredictConfig, config_file, parse_flag_lists(PredictConfig, flags))
+    if not cfg.run:
+        raise PipelineError("predict needs --run RUN (a run folder under --runs-dir), on the command line or in --config")
+    result = run_predict(dataclasses.replace(cfg, tta=tta.parse_levels(cfg.tta) if cfg.tta else []))
     for line in summary_lines(result):
         click.echo(line)

@@ -21,12 +21,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import click
 
 from pipeline import kaggle_api
 from pipeline.artifacts import atomic_write_text, git_sha, read_json, sha256_file
+from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
 from pipeline.config import config_dict, resolve_config
 from pipeline.errors import PipelineError
 from pipeline.submission import (
@@ -41,15 +42,18 @@ LEDGER_FIELDS = ("time", "file", "file_sha256", "competition", "runs", "val_accu
 
 @dataclass
 class SubmitConfig:
-    file: str = "submissions/predictions.csv"
-    competition: str | None = None  # Kaggle slug; default: meta.json's source.kaggle, else competition
-    message: str | None = None
-    data: str | None = None  # prepared data folder; default: from the file's ensemble manifest
-    dry_run: bool = False
-    wait: bool = False
-    wait_timeout: float = 900.0
-    poll_interval: float = 15.0
-    ledger: str = "submissions/ledger.csv"
+    file: str = setting("submissions/predictions.csv", "The predictions CSV (the command's argument).")
+    competition: Optional[str] = setting(None, "Kaggle competition slug (default: the one the data was downloaded "
+                                               "from with --kaggle).")
+    message: Optional[str] = setting(None, "Submission description (default: runs, val accuracy, git commit).",
+                                     short="-m")
+    data: Optional[str] = setting(None, "Prepared data folder (default: from FILE's ensemble manifest).")
+    dry_run: bool = setting(False, "Validate and record in the ledger, but do not upload.")
+    wait: bool = setting(False, "Poll until Kaggle has scored the submission.")
+    wait_timeout: float = setting(900.0, "Seconds to wait for the score.")
+    poll_interval: float = setting(15.0, "Seconds between polls.")
+    ledger: str = setting("submissions/ledger.csv", "Ledger CSV of every submission.")
+    allow_subset: bool = setting(False, "Upload even if the data was prepared with --limit (a partial test set).")
 
 
 # ---- ledger ----------------------------------------------------------------------------------
@@ -112,9 +116,23 @@ def provenance(file: Path, data: str | None) -> Provenance:
 
 
 def kaggle_slug(meta: dict[str, Any] | None) -> str | None:
-    if not meta:
-        return None
-    return (meta.get("source") or {}).get("kaggle") or meta.get("competition")
+    """The competition the data was downloaded from; a local copy's name says nothing about Kaggle."""
+    return ((meta or {}).get("source") or {}).get("kaggle")
+
+
+def upload_blockers(cfg: SubmitConfig, slug: str | None, meta: dict[str, Any] | None, root: str) -> list[str]:
+    """Why a real upload of this file must not happen (a dry run reports them and goes on)."""
+    problems = []
+    if not slug:
+        where = ((meta or {}).get("source") or {}).get("location") or "a local source"
+        problems.append(f"{root}/meta.json: the data came from {where}, not from Kaggle, so the competition is "
+                        "unknown; pass --competition SLUG (make: SUBMIT_ARGS='--competition SLUG')")
+    limit = (meta or {}).get("limit")
+    if limit and not cfg.allow_subset:
+        problems.append(f"{root}/meta.json: prepared with --limit {limit}, so the predictions cover only a subset "
+                        "of the test set and Kaggle would score a partial file; rebuild the data without --limit "
+                        "(make: LIMIT=) or pass --allow-subset")
+    return problems
 
 
 def default_message(prov: Provenance) -> str:
@@ -153,14 +171,20 @@ def run_submit(cfg: SubmitConfig, echo: Callable[[str], None] = click.echo) -> d
         append_ledger(ledger, {**row, "status": f"failed: invalid file ({len(problems)} problems)"})
         raise PipelineError(f"{file}: not a valid submission ({len(problems)} problems above); nothing uploaded")
 
+    blockers = upload_blockers(cfg, slug, meta, prov.data_root)
     if cfg.dry_run:
         local = _local_score(file, Path(prov.data_root), meta)
         append_ledger(ledger, {**row, "status": "dry-run", "local_score": f"{local[0]:.6f}" if local else ""})
         echo(f"dry run: {file} is valid ({len(sample.ids)} rows, sha256 {row['file_sha256'][:12]}); "
-             f"would submit to '{slug}' with message: {message}")
+             f"would submit to '{slug or '?'}' with message: {message}")
+        for problem in blockers:
+            echo(f"a real submit would refuse: {problem}")
         if local:
             echo(f"local score against the withheld answers: {local[0]:.4f} ({local[1]} rows)")
         return {**row, "status": "dry-run", "local_score": local[0] if local else None}
+    if blockers:
+        append_ledger(ledger, {**row, "status": "refused: " + blockers[0].split(": ", 1)[1].split(";")[0]})
+        raise PipelineError(blockers[0] + "; nothing uploaded")
 
     try:
         limits = kaggle_api.submission_limits(slug)
@@ -219,16 +243,10 @@ def _local_score(file: Path, root: Path, meta: dict[str, Any] | None) -> tuple[f
 
 @click.command("submit")
 @click.argument("file", required=False)
-@click.option("--competition", default=None, help="Kaggle competition slug [default: from meta.json].")
-@click.option("-m", "--message", default=None, help="Submission description [default: runs, val acc, git commit].")
-@click.option("--data", default=None, help="Prepared data folder [default: from FILE's ensemble manifest].")
-@click.option("--dry-run", is_flag=True, default=None, help="Validate and record, but do not upload.")
-@click.option("--wait", is_flag=True, default=None, help="Poll until Kaggle has scored the submission.")
-@click.option("--wait-timeout", type=float, default=None, help="Seconds to wait for the score [default: 900].")
-@click.option("--poll-interval", type=float, default=None, help="Seconds between polls [default: 15].")
-@click.option("--ledger", default=None, help="Ledger CSV [default: submissions/ledger.csv].")
-def command(**flags: Any) -> None:
+@config_file_option(SubmitConfig)
+@config_options(SubmitConfig, skip=("file",))
+def command(file: str | None, config_file: str | None, **flags: Any) -> None:
     """Validate FILE (default submissions/predictions.csv) and submit it to Kaggle."""
-    cfg = resolve_config(SubmitConfig, None, flags)
+    cfg = resolve_config(SubmitConfig, config_file, {**parse_flag_lists(SubmitConfig, flags), "file": file})
     log.debug("submit config: %s", config_dict(cfg))
     run_submit(cfg)

@@ -20,7 +20,7 @@ import torch
 from pipeline.artifacts import atomic_save_npy, sha256_file, write_manifest
 from pipeline.checkpoint import save_checkpoint
 from pipeline.models import create_model
-from pipeline.run_outputs import OUTPUTS, PREDICT_JSON
+from pipeline.run_layout import OUTPUTS, PREDICT_JSON
 
 CLASSES = ["cat", "dog", "frog"]
 

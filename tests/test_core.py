@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import numpy as np
 import pytest
@@ -59,6 +60,18 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         resolve_config(_Cfg, f)
     with pytest.raises(PipelineError, match="expects"):
         resolve_config(_Cfg, None, {"epochs": "ten"})
+    # Wrong YAML types end in one line naming the file, the key and the value, never a traceback.
+    for text, message in [("epochs: 1.5\n", "'epochs' expects an integer, got 1.5"),
+                          ("lr: fast\n", "'lr' expects a number, got 'fast'"),
+                          ("milestones: 0.5\n", "'milestones' expects a list, got 0.5"),
+                          ("flag: maybe\n", "'flag' expects true or false, got 'maybe'"),
+                          ("name: [a, b]\n", "'name' expects a string, got ['a', 'b']"),
+                          ("epochs: true\n", "'epochs' expects an integer, got True")]:
+        f.write_text(text)
+        with pytest.raises(PipelineError, match=r"c\.yaml: config key " + re.escape(message)):
+            resolve_config(_Cfg, f)
+    f.write_text("epochs: 4.0\n")  # an integral float is the integer it spells
+    assert resolve_config(_Cfg, f).epochs == 4
 
 
 def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):

@@ -204,3 +204,24 @@ def test_crossfit_exposes_a_greedy_blend_that_only_fits_val():
     assert (combine("prob", [a, b], counts).argmax(1) == labels).mean() == 1.0  # A + B fits all of val
     # Fitted on the even rows greedy keeps A alone, which is wrong on every odd row; and vice versa.
     assert crossfit_greedy_accuracy([a, b], labels, "prob", rounds=5) == 0.0
+
+
+def test_ensemble_cli_is_generated_from_its_config_and_reads_a_config_file(two_runs, capsys, tmp_path):
+    runs, data = two_runs
+    out = tmp_path / "p.csv"
+    config = tmp_path / "blend.yaml"
+    config.write_text(f"method: logit\nweights: [3, 1]\nout: {out}\nruns_dir: {runs}\n")
+    code, _, err = run_cli(["ensemble", "a", "b", "--config", str(config)], capsys)
+    assert code == 0, err
+    info = json.loads(sidecar_path(out).read_text())
+    assert info["method"] == "logit" and info["weights"] == [3.0, 1.0]
+    code, _, err = run_cli(["ensemble", "a", "b", "--config", str(config), "--weights", "1,1"], capsys)
+    assert code == 0 and json.loads(sidecar_path(out).read_text())["weights"] == [1.0, 1.0]  # flags win
+    config.write_text("rounds: many\n")
+    code, _, err = run_cli(["ensemble", "a", "b", "--config", str(config)], capsys)
+    assert code == 2 and err.strip().splitlines() == [f"error: {config}: config key 'rounds' expects an integer, "
+                                                      "got 'many'"]
+    code, _, err = run_cli(["ensemble", "a", "--method", "median"], capsys)
+    assert code == 2 and "'median' is not one of 'logit', 'prob'" in err
+    code, out_text, _ = run_cli(["ensemble", "--help"], capsys)
+    assert "--rounds INTEGER" in out_text and "[default: 20]" in out_text and "--config FILE" in out_text

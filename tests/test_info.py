@@ -163,9 +163,10 @@ def test_cli_zoo(monkeypatch):
     assert [e["model"] for e in entries] == ["lenet5", "resnet20", "resnet110"]  # natural order, no timm
     assert (entries[0]["params"], entries[0]["macs"]) == (62_006, 651_720)
     assert (entries[1]["params"], entries[1]["macs"]) == (269_722, 40_551_040)
-    assert entries[1]["options"] == {"shortcut": "A"}
+    assert entries[1]["options"] == {"shortcut": "A", "zero_init_residual": False}
     table = info.zoo_markdown(entries)
-    assert "| resnet20  | shortcut=A                      |   269,722 |  40,551,040 |" in table
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
+    assert ["resnet20", "shortcut=A, zero_init_residual=False", "269,722", "40,551,040"] in rows
 
 
 @pytest.mark.parametrize("args, message", [

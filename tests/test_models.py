@@ -203,11 +203,33 @@ def test_resnet_kaiming_init():
     assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
 
 
+def test_zero_init_residual_starts_every_block_as_its_shortcut():
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_chans=3, zero_init_residual=True).eval()
+    blocks = [b for stage in model.stages for b in stage]
+    assert len(blocks) == 9 and all(torch.all(b.bn2.weight == 0) for b in blocks)
+    x = torch.relu(torch.randn(2, 16, 8, 8))  # a block's input comes out of a ReLU
+    for block in (model.stages[0][0], model.stages[1][0]):  # identity, and option A (stride 2, pad)
+        with torch.no_grad():
+            torch.testing.assert_close(block(x), torch.relu(block.shortcut(x)))
+        x = block(x)
+    plain = create_model("resnet20", num_classes=10, in_chans=3)
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in model.parameters())
+
+
 # -- errors --------------------------------------------------------------------------------------
 
-def test_unknown_model_lists_choices():
-    with pytest.raises(PipelineError, match=r"unknown model 'resnet21'; choose from: .*resnet20.*vgg19_elu"):
+def test_unknown_model_suggests_close_names_and_lists_choices():
+    with pytest.raises(PipelineError, match=r"unknown model 'resnet21' \(did you mean 'resnet20' or 'resnet32'\?\); "
+                                            r"choose from: .*resnet20.*vgg19_elu"):
         create_model("resnet21", num_classes=10, in_chans=3)
+    with pytest.raises(PipelineError, match=r"unknown model 'zzz'; choose from: "):  # nothing close: no guess
+        create_model("zzz", num_classes=10, in_chans=3)
+
+
+def test_unregistered_name_that_timm_knows_points_to_timm_prefix():
+    with pytest.raises(PipelineError, match=r"^unknown model 'resnet18'; timm has it: use 'timm:resnet18'$"):
+        create_model("resnet18", num_classes=10, in_chans=3)
 
 
 def test_unknown_option_lists_options():
@@ -247,7 +269,8 @@ def test_timm_fixed_size_model_is_built_for_the_data():
 
 
 def test_timm_errors():
-    with pytest.raises(PipelineError, match=r"unknown timm model 'resnet81'; close matches: .*resnet18"):
+    with pytest.raises(PipelineError, match=r"unknown timm model 'timm:resnet81' \(did you mean 'timm:resnet18'.*\?\); "
+                                            r"all names: "):
         create_model("timm:resnet81", num_classes=10, in_chans=3)
     with pytest.raises(PipelineError, match=r"timm:resnet18: invalid option\(s\) foo=1"):
         create_model("timm:resnet18", num_classes=10, in_chans=3, foo=1)

@@ -222,7 +222,8 @@ def test_missing_credentials_one_line_before_kaggle_is_imported(workdir, tmp_pat
     assert proc.stderr.strip().splitlines() == [
         f"error: no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY, or save the kaggle.json from "
         f"https://www.kaggle.com/settings (API -> Create New Token) as {tmp_path / 'no-config' / 'kaggle.json'} "
-        "(chmod 600)"]
+        f"($KAGGLE_CONFIG_DIR) (chmod 600), or put an API token in KAGGLE_API_TOKEN or "
+        f"{tmp_path / 'empty-home' / '.kaggle' / 'access_token'}"]
     assert "Authentication required" not in proc.stdout  # kaggle's import-time help never ran
     assert fake.requests == []
     assert ledger_rows(workdir)[0]["status"].startswith("failed: no Kaggle credentials")
@@ -238,3 +239,31 @@ def test_end_to_end_cli_through_the_high_level_client(workdir, tmp_path, fake):
     assert "public score: 0.93750" in proc.stdout
     assert_no_secret(fake, proc.stdout, proc.stderr, (workdir / "submissions" / "ledger.csv").read_text())
     assert ledger_rows(workdir)[0]["status"] == "complete"
+
+
+def _rewrite_meta(workdir, **changes):
+    import json
+    path = workdir / "data" / "tiny" / "meta.json"
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    path.write_text(json.dumps(meta))
+
+
+def test_limited_data_is_refused_for_a_real_upload_but_not_a_rehearsal(workdir, client, capsys):
+    _rewrite_meta(workdir, limit=30)
+    code, out, err = run_cli(["submit", "--dry-run"], capsys)
+    assert code == 0 and "a real submit would refuse" in out and "--limit 30" in out
+    code, out, err = run_cli(["submit"], capsys)
+    assert_one_line_error(code, err, "prepared with --limit 30", "--allow-subset", "nothing uploaded")
+    assert client.received_sha256() == [] and ledger_rows(workdir)[-1]["status"].startswith("refused: ")
+    code, out, err = run_cli(["submit", "--allow-subset"], capsys)
+    assert code == 0 and len(client.received_sha256()) == 1
+
+
+def test_local_data_has_no_kaggle_competition_until_one_is_named(workdir, client, capsys):
+    _rewrite_meta(workdir, source={"format": "kaggle", "location": "/somewhere/tiny.zip"})
+    code, out, err = run_cli(["submit"], capsys)
+    assert_one_line_error(code, err, "came from /somewhere/tiny.zip", "pass --competition SLUG")
+    assert client.received_sha256() == []
+    code, out, err = run_cli(["submit", "--competition", SLUG], capsys)
+    assert code == 0 and len(client.received_sha256()) == 1

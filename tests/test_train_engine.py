@@ -13,7 +13,7 @@ from helpers_train import TinyNet, make_prepared, tiny_config
 from pipeline.artifacts import sha256_file
 from pipeline.checkpoint import build_model, load_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.train import engine
+from pipeline.train import engine, resume
 from pipeline.train.engine import run_training
 
 # Dropout (torch RNG), mixup (numpy RNG), crop+flip (loader seed), EMA and one-cycle all in play,
@@ -184,7 +184,7 @@ def test_same_seed_same_weights_other_seed_other_weights(data, tmp_path):
     for run, seed in (("a", 1), ("b", 1), ("c", 2)):
         run_training(tiny_config(data, tmp_path, run=run, seed=seed, epochs=1, deterministic=True))
         weights.append(load_checkpoint(tmp_path / run / "last.pt")["model"]["fc.weight"])
-    engine.configure_determinism(False)
+    resume.configure_determinism(False)
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
@@ -211,6 +211,48 @@ def test_existing_run_needs_resume_or_overwrite(data, tmp_path):
     assert not (tmp_path / "t" / "epoch_9.pt").exists()
     with pytest.raises(PipelineError, match="nothing to resume"):
         run_training(tiny_config(data, tmp_path, run="never-ran", resume=True))
+
+
+def test_replace_keeps_the_earlier_run_until_the_retrain_completes(data, tmp_path):
+    run_training(tiny_config(data, tmp_path, epochs=1))
+    run = tmp_path / "t"
+    (run / "predict.json").write_text("{}")  # a downstream output of the earlier model
+    earlier = sha256_file(run / "last.pt")
+
+    def interrupt(epoch, row):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_training(tiny_config(data, tmp_path, epochs=2, replace=True), on_epoch_end=interrupt)
+    assert sha256_file(run / "last.pt") == earlier and (run / "predict.json").is_file()
+
+    summary = run_training(tiny_config(data, tmp_path, epochs=2, replace=True))
+    assert summary["run_dir"] == str(run) and summary["epochs_run"] == 2
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    assert not (run / "predict.json").exists()  # the earlier model's predictions left with it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]  # no staging or retired folder left
+
+
+def test_extend_continues_a_shorter_run_and_retrains_a_different_one(data, tmp_path):
+    run_training(tiny_config(data, tmp_path, epochs=1))
+    first = load_checkpoint(tmp_path / "t" / "last.pt")["metrics"][0]
+    run_training(tiny_config(data, tmp_path, epochs=2, replace=True, extend=True))
+    extended = load_checkpoint(tmp_path / "t" / "last.pt")["metrics"]
+    assert [r["epoch"] for r in extended] == [1, 2] and extended[0] == first  # epoch 1 was kept, not redone
+    run_training(tiny_config(data, tmp_path, epochs=3, lr=0.02, replace=True, extend=True))
+    retrained = load_checkpoint(tmp_path / "t" / "last.pt")["metrics"]
+    assert [r["epoch"] for r in retrained] == [1, 2, 3] and retrained[0]["lr"] != first["lr"]
+
+
+def test_a_swap_killed_between_its_renames_is_undone_or_finished(tmp_path):
+    from pipeline.train.run_folder import recover_swap
+    run = tmp_path / "r"
+    (tmp_path / ".r.retired").mkdir()
+    (tmp_path / ".r.retired" / "last.pt").write_text("earlier")
+    recover_swap(run)  # killed after the first rename: the earlier run comes back
+    assert (run / "last.pt").read_text() == "earlier" and not (tmp_path / ".r.retired").exists()
+    (tmp_path / ".r.retired").mkdir()
+    recover_swap(run)  # killed after the second rename: only the leftover goes
+    assert (run / "last.pt").read_text() == "earlier" and not (tmp_path / ".r.retired").exists()
 
 
 def test_resume_refuses_another_model_config_or_data_split(data, tmp_path):

@@ -13,12 +13,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import click
 import numpy as np
 
+from pipeline import flips
 from pipeline.artifacts import atomic_write_json, file_entry, write_manifest
+from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
 from pipeline.config import config_dict, resolve_config
 from pipeline.data.fetch import raw_entry
 from pipeline.data.folders import building_dir, recover, scratch_dir
@@ -40,20 +42,27 @@ MIN_LIMITED_TEST = 100
 
 @dataclass
 class DataConfig:
-    competition: str = ""
-    source: str | None = None  # local folder/zip/tar or URL; default: the competition's built-in source
-    kaggle: str | None = None  # competition slug to download with the Kaggle API
-    test_source: str | None = None  # a course test pickle {data, ids} that replaces the test set
-    source_format: str = "auto"  # a name in sources.SOURCES, or auto-detect
-    classes: list[str] | None = None  # expected class names (in index order); other labels are errors
-    limit: int | None = None  # keep a stratified subset of this many training images
-    val_fraction: float = 0.1
-    seed: int = 0
-    data_root: str = "data"
-    workers: int = 0  # image decode processes; 0: one per available core
-    max_member_mb: int = Limits.member_mb  # one file inside an archive
-    max_csv_mb: int = Limits.csv_mb  # one CSV file
-    max_extract_mb: int = Limits.extract_mb  # everything one tar/7z extracts to scratch space
+    competition: str = setting("", "Name of the competition; the output is DATA_ROOT/<competition>/.")
+    source: Optional[str] = setting(None, "Local folder/zip/tar/7z or URL of the competition files (default: the "
+                                          "competition's built-in source).")
+    kaggle: Optional[str] = setting(None, "Download the competition's files with the Kaggle API.", metavar="SLUG")
+    test_source: Optional[str] = setting(None, "A course test pickle ({data, ids}) to use as the test set.")
+    source_format: str = setting("auto", "Source format (auto-detected by default).",
+                                 choices=lambda: ["auto", *SOURCES.names()], short="--format")
+    classes: Optional[list[str]] = setting(None, "Expected class names, in index order; other labels are errors.",
+                                           metavar="NAME,NAME")
+    limit: Optional[int] = setting(None, "Keep a stratified subset of N training images (smoke runs).")
+    val_fraction: float = setting(0.1, "Fraction of training images held out for validation.")
+    seed: int = setting(0, "Seed of the --limit subset and the validation split.")
+    data_root: str = setting("data", "Folder holding prepared competitions.")
+    workers: int = setting(0, "Image decode processes; 0: one per available core.")
+    max_member_mb: int = setting(Limits.member_mb, "Largest file read from inside an archive, MiB.")
+    max_csv_mb: int = setting(Limits.csv_mb, "Largest CSV read, MiB.")
+    max_extract_mb: int = setting(Limits.extract_mb, "Most one tar/7z may extract to scratch space, MiB.")
+    flip: Optional[bool] = setting(None, "Whether a horizontal flip keeps an image's label (recorded in meta.json; "
+                                         "train's flips and predict's TTA follow it); unset: from the competition's "
+                                         "name and classes, off for digits and text-like data, on for photos and "
+                                         "clothing.")
 
 
 def check_config(cfg: DataConfig) -> None:
@@ -187,6 +196,9 @@ def write_prepared(out: Path, data: Ingested, cfg: DataConfig, started: float) -
 
     mean, std = channel_stats(arrays["train_images"])
     h, w, c = arrays["train_images"].shape[1:]
+    names = (cfg.competition, data.details.get("format"), data.details.get("kaggle"),
+             Path(str(data.details.get("location", ""))).name)
+    flip_safe, flip_why = flips.decide(cfg.flip, names, data.classes)
     meta = {
         "competition": cfg.competition,
         "classes": data.classes,
@@ -195,6 +207,8 @@ def write_prepared(out: Path, data: Ingested, cfg: DataConfig, started: float) -
         "class_counts": np.bincount(arrays["train_labels"], minlength=len(data.classes)).tolist(),
         "mean": mean,
         "std": std,
+        "flip_safe": flip_safe,  # read by train (augmentation) and predict (TTA) defaults
+        "flip_why": flip_why,
         "split": {"file": SPLIT, "seed": cfg.seed, "val_fraction": cfg.val_fraction},
         "submission": {
             "file": SAMPLE_SUBMISSION,
@@ -248,37 +262,21 @@ def summary(meta: dict[str, Any], folder: Path) -> str:
         f"{counts['test']} test, {h}x{w}x{c}",
         f"classes ({len(classes)}): {shown}",
         f"mean {fmt[0]}  std {fmt[1]}",
+        f"horizontal flips: {'on' if flips.flip_safe(meta) else 'off'} in training and TTA by default "
+        f"({meta.get('flip_why')})",
         f"done in {meta['seconds']:.1f} s",
     ])
 
 
 @click.command("data")
-@click.option("--competition", help="Name of the competition; the output is DATA_ROOT/<competition>/.")
-@click.option("--source", help="Local folder/zip/tar or URL of the competition files.")
-@click.option("--kaggle", metavar="SLUG", help="Download the competition's files with the Kaggle API.")
-@click.option("--test-source", help="A course test pickle ({data, ids}) to use as the test set.")
-@click.option(
-    "--format", "source_format", type=click.Choice(["auto", *SOURCES.names()]), help="Source format (default: auto)."
-)
-@click.option("--classes", help="Comma-separated expected class names, in index order.")
-@click.option("--limit", type=int, help="Keep a stratified subset of N training images (smoke runs).")
-@click.option("--val-fraction", type=float, help="Fraction of training images held out for validation [0.1].")
-@click.option("--seed", type=int, help="Seed of the --limit subset and the validation split [0].")
-@click.option("--data-root", help="Folder holding prepared competitions [data].")
-@click.option("--workers", type=int, help="Image decode processes; 0: one per available core [0].")
-@click.option("--max-member-mb", type=int, help=f"Largest file read from inside an archive, MiB [{Limits.member_mb}].")
-@click.option("--max-csv-mb", type=int, help=f"Largest CSV read, MiB [{Limits.csv_mb}].")
-@click.option("--max-extract-mb", type=int,
-              help=f"Most one tar/7z may extract to scratch space, MiB [{Limits.extract_mb}].")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of DataConfig keys.")
-def command(config_file: str | None, classes: str | None, **overrides: Any) -> None:
+@config_file_option(DataConfig)
+@config_options(DataConfig)
+def command(config_file: str | None, **overrides: Any) -> None:
     """Fetch a competition's raw files and write canonical arrays, split and meta.json.
 
     Built in (no --source needed): cifar10 (the official python archive, MD5-checked),
     fashion-mnist (torchvision's mirror), digits (scikit-learn's bundled copy, offline).
     """
-    if classes is not None:
-        overrides["classes"] = [c.strip() for c in classes.split(",") if c.strip()]
-    cfg = resolve_config(DataConfig, config_file, overrides)
+    cfg = resolve_config(DataConfig, config_file, parse_flag_lists(DataConfig, overrides))
     meta = run(cfg)
     click.echo(summary(meta, Path(cfg.data_root) / cfg.competition))

@@ -4,7 +4,9 @@ A 3x3 stem to 16 channels (no max pool), three stages of n basic blocks at 16/32
 (the first block of stages 2 and 3 has stride 2), global average pool, FC.
 Shortcuts: "A" (the paper's CIFAR choice) is a parameter-free identity that subsamples with
 stride 2 and zero-pads the new channels; "B" uses a 1x1 projection conv + BN where the shape
-changes and the identity elsewhere. Kaiming init as in the paper.
+changes and the identity elsewhere. Kaiming init as in the paper; zero_init_residual (Goyal et al.
+2017, "Accurate, Large Minibatch SGD") starts each block's last BN scale at 0, so every block
+begins as its shortcut: an init choice, the architecture is unchanged.
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, name: str, n: int, *, num_classes: int, in_chans: int, input_size, shortcut: str):
+    def __init__(self, name: str, n: int, *, num_classes: int, in_chans: int, input_size, shortcut: str,
+                 zero_init_residual: bool = False):
         super().__init__()
         shortcut = str(shortcut).upper()
         check_choice(name, "shortcut", shortcut, SHORTCUTS)
@@ -85,6 +88,10 @@ class CifarResNet(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(chans, num_classes)
         init_weights(self, "kaiming")
+        if zero_init_residual:
+            for block in self.modules():
+                if isinstance(block, BasicBlock):
+                    nn.init.zeros_(block.bn2.weight)
 
     def forward(self, x):
         return self.fc(self.flatten(self.pool(self.stages(self.stem(x)))))
@@ -94,12 +101,12 @@ def _register(depth: int) -> None:
     name = f"resnet{depth}"
     n = (depth - 2) // 6
 
-    def builder(*, num_classes, in_chans, input_size, shortcut: str = "A"):
+    def builder(*, num_classes, in_chans, input_size, shortcut: str = "A", zero_init_residual: bool = False):
         return CifarResNet(name, n, num_classes=num_classes, in_chans=in_chans,
-                           input_size=input_size, shortcut=shortcut)
+                           input_size=input_size, shortcut=shortcut, zero_init_residual=bool(zero_init_residual))
 
     builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"ResNet-{depth} for CIFAR (n={n}, {6 * n + 2} layers); shortcut 'A' or 'B'."
+    builder.__doc__ = f"ResNet-{depth} for CIFAR (n={n}, {6 * n + 2} layers); shortcut 'A' or 'B', zero_init_residual."
     register_model(name)(builder)
 
 

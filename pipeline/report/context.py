@@ -102,7 +102,7 @@ class RunContext:
 
     def _predicted_val_logits(self, ids: np.ndarray) -> tuple[np.ndarray, str] | None:
         """predict's val_logits.npy, if they are of the current best.pt and cover exactly these ids."""
-        from pipeline.run_outputs import PREDICT_JSON
+        from pipeline.run_layout import PREDICT_JSON
 
         info_path = self.run_dir / PREDICT_JSON
         if not (info_path.is_file() and (self.run_dir / "val_logits.npy").is_file()):

@@ -1,20 +1,15 @@
 """TrainConfig: every knob of a training run, as plain values (defaults < YAML < CLI flags).
 
-The `help` metadata of each field becomes the help text of its CLI flag (see stage.py), so the
+The `help` metadata of each field becomes the help text of its CLI flag (pipeline/cli_config.py), so the
 flag list and this dataclass cannot drift apart.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
+from pipeline.cli_config import setting as _opt
 from pipeline.errors import PipelineError
-
-
-def _opt(default, help: str, **kw):
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
@@ -85,17 +80,28 @@ class TrainConfig:
     grad_clip: float = _opt(0.0, "Clip the gradient norm to this value (0 = off).")
     early_stop_patience: int = _opt(0, "Stop after this many epochs without a better val accuracy (0 = off).")
     # augmentation
-    augment: str = _opt("standard", "Augmentation policy (pipeline.augment.POLICIES).")
+    augment: str = _opt("standard", "Augmentation policy: none; standard (random crop + horizontal flip); "
+                                    "standard+cutout; lab (albumentations: flips, crop, affine, color jitter, "
+                                    "erasing); autoaugment (CIFAR-10 policy); randaugment (N=2, M=9).")
     cutout: int = _opt(0, "Cutout square size for --augment standard+cutout (0 = half the image side).")
     crop_pad: int = _opt(4, "standard policies: random-crop padding in pixels (translate by up to this).")
     pad_mode: str = _opt("zero", "standard policies: crop padding fill, zero or reflect.")
-    flip_mode: str = _opt("random", "standard policies: horizontal flip, random (each image, each epoch) or "
-                                    "alternate (each image flipped on every other epoch, airbench).")
+    flip_mode: str = _opt("auto", "Horizontal flips: auto (random where the data's meta.json says flips keep "
+                                  "labels, else none: no mirrored digits), random (each image, each epoch), "
+                                  "alternate (each image flipped on every other epoch, airbench; standard "
+                                  "policies only) or none.")
     # speed
-    precision: str = _opt("auto", "Autocast precision: auto (bf16 where the hardware has it, else fp32 on "
-                                  "CPU / fp16 on old GPUs), bf16, fp16 (CUDA only) or fp32.")
-    channels_last: bool = _opt(True, "channels_last memory format for model and inputs.")
-    compile: bool = _opt(False, "torch.compile the model.")
+    precision: str = _opt("auto", "Autocast precision: auto (the fastest, measured by the probe on this "
+                                  "machine), bf16, fp16 (CUDA only) or fp32.")
+    channels_last: Optional[bool] = _opt(None, "channels_last memory format for model and inputs; unset = auto "
+                                               "(measured by the probe).")
+    compile: Optional[bool] = _opt(None, "torch.compile the model; unset = auto (probed only where a compile, "
+                                         "as last timed on this machine, fits the probe's allowance).")
+    probe: bool = _opt(True, "Settle the auto values above by timing a few real steps of each candidate "
+                             "(<= 10 s or 2% of the run, cached per machine); --no-probe takes fp32 on CPU "
+                             "(bf16/fp16 on CUDA), channels_last, no compile.")
+    time_budget: float = _opt(0.0, "Train for this many seconds in all (0 = off): the epochs are planned from "
+                                   "the measured speed; a run that falls behind ends its schedule sooner.")
     workers: int = _opt(2, "Data-loader worker processes.")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
     final_fit: bool = _opt(False, "Train on every labelled image (train + val split): the last fit before a "
@@ -106,6 +112,11 @@ class TrainConfig:
     save_every: int = _opt(0, "Also keep epoch_<N>.pt every this many epochs (0 = off).")
     resume: bool = _opt(False, "Continue the run from its last.pt.")
     overwrite: bool = _opt(False, "Start the run afresh even if its folder holds checkpoints.")
+    replace: bool = _opt(False, "Retrain an existing run into a staging folder beside it that takes the run's "
+                                "place only when training completes (the earlier run stays whole until then; "
+                                "what `make train` uses).")
+    extend: bool = _opt(False, "With --replace: if the existing run differs only by a smaller --epochs, continue it "
+                               "from last.pt instead (the lr schedule is rebuilt for the new length).")
     log_every: int = _opt(20, "Refresh the progress bar (and check the loss is finite) every N steps.")
 
 
@@ -136,7 +147,7 @@ def check_config(cfg: TrainConfig) -> None:
         ("whiten_bias_epochs", cfg.whiten_bias_epochs >= 0, "non-negative"),
         ("crop_pad", cfg.crop_pad >= 0, "non-negative"),
         ("pad_mode", cfg.pad_mode in ("zero", "reflect"), "zero or reflect"),
-        ("flip_mode", cfg.flip_mode in ("random", "alternate"), "random or alternate"),
+        ("flip_mode", cfg.flip_mode in ("auto", "random", "alternate", "none"), "auto, random, alternate or none"),
         ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
         ("mixup", cfg.mixup >= 0, "non-negative"),
         ("cutmix", cfg.cutmix >= 0, "non-negative"),
@@ -146,10 +157,12 @@ def check_config(cfg: TrainConfig) -> None:
         ("save_every", cfg.save_every >= 0, "non-negative"),
         ("workers", cfg.workers >= 0, "non-negative"),
         ("log_every", cfg.log_every >= 1, "at least 1"),
+        ("time_budget", cfg.time_budget >= 0, "0 (off) or seconds"),
         ("seed", cfg.seed >= 0, "non-negative"),
     ]
     for name, ok, expected in rules:
         if not ok:
             raise PipelineError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(cfg, name)}")
-    if cfg.resume and cfg.overwrite:
-        raise PipelineError("--resume and --overwrite contradict each other; pick one")
+    if cfg.resume and (cfg.overwrite or cfg.replace):
+        raise PipelineError(f"--resume and --{'overwrite' if cfg.overwrite else 'replace'} contradict each other; "
+                            "pick one")

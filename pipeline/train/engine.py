@@ -9,49 +9,52 @@ a run that --resume continues to the same result.
 from __future__ import annotations
 
 import contextlib
-
+import copy
 import dataclasses
+import io
+
 import logging
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import flips
 from pipeline.artifacts import sha256_file, write_manifest
 from pipeline.augment import build_eval_loader, build_train_loader
-from pipeline.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
-from pipeline.config import config_dict, save_config
+from pipeline.checkpoint import save_checkpoint
+from pipeline.config import config_dict, load_yaml, save_config
 from pipeline.data.dataset import PreparedData, load_prepared
 from pipeline.errors import PipelineError
 from pipeline.models import create_model
 from pipeline.models.init import dirac_init_, first_conv, whiten_init_
-from pipeline.runtime import PRECISIONS, autocast, nhwc_to_nchw, normalizer, resolve_precision, to_model_input
-from pipeline.train import distributed, logbook
+from pipeline.run_layout import snapshot_name
+from pipeline.runtime import (PRECISIONS, autocast, autocast_factory, fallback_channels_last, fallback_compile,
+                              nhwc_to_nchw, normalizer, resolve_precision, to_model_input)
+from pipeline.train import distributed, logbook, probe
+from pipeline.train.budget import BudgetClock
 from pipeline.train.config import TrainConfig, check_config
 from pipeline.train.ema import Lookahead, ModelEma
+from pipeline.train.resume import (Progress, checkpoint_state, configure_determinism, resume_from, rng_state,
+                                   seed_everything)
+from pipeline.train.run_folder import (RUN_FILES, check_run_dir, extension_of, prepare_writing_dir, resolve_run_name,
+                                       snapshots, swap_in, writing_dir)
 from pipeline.train.optim import build_optimizer, decayed_parameters, l1_penalty
 from pipeline.train.schedules import build_scheduler, total_steps
 
 log = logging.getLogger(__name__)
 
-# Config keys that may change on --resume; any other difference makes it a different experiment.
-RESUME_MAY_CHANGE = frozenset({
-    "data", "resume", "overwrite", "workers", "device", "save_every", "log_every", "eval_batch_size",
-    "compile", "early_stop_patience", "precision", "channels_last", "deterministic", "epochs",
-    "out_dir", "run",
-})
 # curves.png takes ~0.1-0.3 s to draw on a small CPU: refresh it after an epoch only if the last
 # drawing is this old, so tiny/fast runs are not dominated by plotting; the finished run always gets it.
 CURVES_EVERY_S = 5.0
-RUN_FILES = ("best.pt", "last.pt", "config.yaml", "manifest.json", *logbook.FILES)
+# Without a terminal (logs, CI, `make ... | tee`) there is no bar: a progress line this often instead.
+PROGRESS_EVERY_S = 30.0
 
 
 class NonFiniteLoss(PipelineError):
@@ -93,6 +96,8 @@ class Trainer:
     l1: float = 0.0
     l1_params: list[nn.Parameter] = field(default_factory=list)
     micro_batch: int = 0  # forward/backward in slices of this many images (0 = the whole batch)
+    autocast: Callable[[], Any] = contextlib.nullcontext  # the step's autocast context, resolved once
+    budget: BudgetClock | None = None  # a --time-budget run's clock: may end the schedule sooner
 
     @property
     def global_step(self) -> int:
@@ -147,14 +152,16 @@ def build_trainer(
     if world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(module, device_ids=ids)
-    if cfg.compile:
+    if fallback_compile(device) if cfg.compile is None else cfg.compile:
         model = torch.compile(model)
     eval_model = model if world_size == 1 else module
+    channels_last = fallback_channels_last(device) if cfg.channels_last is None else cfg.channels_last
     return Trainer(
         model=model, module=module, eval_model=eval_model, optimizer=optimizer, scheduler=scheduler,
-        scaler=scaler, criterion=criterion, inputs=ModelInput(*normalizer(mean, std, device), cfg.channels_last),
+        scaler=scaler, criterion=criterion, inputs=ModelInput(*normalizer(mean, std, device), channels_last),
         device=device, precision=precision, ema=ema, lookahead=lookahead, mixup=mixup, grad_clip=cfg.grad_clip,
         l1=cfg.l1, l1_params=decayed_parameters(module) if cfg.l1 else [], micro_batch=cfg.micro_batch_size,
+        autocast=autocast_factory(device, precision),
     )
 
 
@@ -167,9 +174,11 @@ def train_one_epoch(
     show_progress: bool = False,
     desc: str = "",
     max_steps: int | None = None,
+    heartbeat_s: float = 0.0,
 ) -> dict[str, float]:
     """One pass over `loader` (or its first max_steps batches: the last epoch of a fractional run);
-    returns loss/acc/samples summed over all processes, seconds, img/s."""
+    returns loss/acc/samples summed over all processes, seconds, img/s. heartbeat_s > 0: log a
+    progress line whenever that many seconds passed since the last (for logs, where no bar shows)."""
     tr.model.train()
     loss_sum = torch.zeros((), device=tr.device)
     correct = torch.zeros((), dtype=torch.long, device=tr.device)
@@ -177,26 +186,10 @@ def train_one_epoch(
     pending: list[torch.Tensor] = []  # per-step losses not yet checked for NaN/inf
     steps = len(loader) if max_steps is None else min(len(loader), max_steps)
     bar = _progress(steps, desc or f"epoch {epoch}", show_progress)
-    start = time.perf_counter()
+    start = last_line = time.perf_counter()
     step = 0
     for step, (images, labels) in enumerate(loader, start=1):
-        x = tr.inputs(images)
-        targets = labels
-        if tr.mixup is not None:
-            x, targets = tr.mixup(x, labels)
-        tr.optimizer.zero_grad(set_to_none=True)
-        logits, loss = _forward_backward(tr, x, targets)
-        if tr.grad_clip > 0:
-            tr.scaler.unscale_(tr.optimizer)
-            nn.utils.clip_grad_norm_(tr.module.parameters(), tr.grad_clip)
-        tr.scaler.step(tr.optimizer)
-        tr.scaler.update()
-        tr.scheduler.step()
-        if tr.ema is not None:
-            tr.ema.update(tr.module, tr.global_step)
-        if tr.lookahead is not None:
-            tr.lookahead.update(tr.global_step)
-
+        logits, loss = train_step(tr, images, labels)
         n = labels.shape[0]
         seen += n
         loss_sum += loss.detach().float() * n
@@ -206,14 +199,23 @@ def train_one_epoch(
         if step % log_every == 0 or step == steps:
             _check_finite(pending, epoch, step)
             pending.clear()
+            if tr.budget is not None and step < steps and not distributed.env_info().enabled:
+                # behind the budget: the schedule's rest is squeezed into fewer steps, maybe this epoch's
+                steps = min(len(loader), _budget_check(tr, step, time.perf_counter() - start))
             if bar is not None:
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
                                 lr=f"{tr.lr:.3g}", img_s=f"{seen / elapsed:.0f}", refresh=False)
         if bar is not None:
             bar.update(1)
+        if heartbeat_s and step < steps and time.perf_counter() - last_line >= heartbeat_s:
+            last_line = time.perf_counter()  # .item() syncs the device, but only once per line
+            elapsed = last_line - start
+            log.info("%s step %d/%d: loss %.4f acc %.4f lr %.3g, %.0f img/s, epoch ends in ~%.0fs",
+                     desc or f"epoch {epoch}", step, steps, loss_sum.item() / seen, correct.item() / seen,
+                     tr.lr, seen / elapsed, elapsed / step * (steps - step))
         if step == steps < len(loader):
-            break  # the last epoch of a fractional run: let a full epoch's loader run to its end
+            break  # the last epoch of a fractional (or budget-shortened) run
     if tr.lookahead is not None:
         tr.lookahead.end_epoch()
     _check_finite(pending, epoch, step)
@@ -234,6 +236,27 @@ def train_one_epoch(
     }
 
 
+def train_step(tr: Trainer, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a uint8 batch (the probe times exactly this); returns logits and loss."""
+    x = tr.inputs(images)
+    targets = labels
+    if tr.mixup is not None:
+        x, targets = tr.mixup(x, labels)
+    tr.optimizer.zero_grad(set_to_none=True)
+    logits, loss = _forward_backward(tr, x, targets)
+    if tr.grad_clip > 0:
+        tr.scaler.unscale_(tr.optimizer)
+        nn.utils.clip_grad_norm_(tr.module.parameters(), tr.grad_clip)
+    tr.scaler.step(tr.optimizer)
+    tr.scaler.update()
+    tr.scheduler.step()
+    if tr.ema is not None:
+        tr.ema.update(tr.module, tr.global_step)
+    if tr.lookahead is not None:
+        tr.lookahead.update(tr.global_step)
+    return logits, loss
+
+
 def _forward_backward(tr: Trainer, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of the batch's mean loss (+ L1); returns the batch's logits and mean loss.
 
@@ -250,7 +273,7 @@ def _forward_backward(tr: Trainer, x: torch.Tensor, targets: torch.Tensor) -> tu
         # DDP all-reduces on every backward: only the last slice's may sync
         sync = contextlib.nullcontext() if last or not hasattr(tr.model, "no_sync") else tr.model.no_sync()
         with sync:
-            with autocast(tr.device, tr.precision):
+            with tr.autocast():
                 logits = tr.model(xs)
                 loss = tr.criterion(logits, ts)
                 objective = loss * (xs.shape[0] / n)
@@ -301,25 +324,17 @@ def run_training(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], Any] | No
             distributed.cleanup()
 
 
-@dataclass
-class _Progress:
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_metric: float = -math.inf
-    best_epoch: int = 0
-
-    @property
-    def epoch(self) -> int:
-        return self.history[-1]["epoch"] if self.history else 0
-
-
 def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
     main = dist_info.is_main
     configure_determinism(cfg.deterministic)
     seed_everything(cfg.seed)
     data = load_prepared(cfg.data, cfg.competition)
     cfg = resolve_run_name(cfg, data)
+    cfg = flips.resolve_train(cfg, data.meta)  # flip_mode auto -> what this data allows
     run_dir = Path(cfg.out_dir) / cfg.run
+    cfg = extension_of(run_dir, cfg)  # --extend: a longer run continues the shorter one
     check_run_dir(run_dir, cfg)  # before any work: a wrong --run/--resume fails in a second
+    out = writing_dir(run_dir, cfg)  # run_dir, or with --replace its staging folder until the end
     data_info = data_provenance(data)
 
     train_images, train_labels, _ = data.subset("all" if cfg.final_fit else "train")
@@ -336,6 +351,8 @@ def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
                           input_size=data.input_size, **cfg.model_opts)
     module.to(device)
     whiten_conv = initialise(module, cfg, train_images, data.meta["mean"], data.meta["std"], device)
+    # auto precision / memory format / compile: measured (or cached), and written into cfg
+    cfg, probed = tune_runtime(cfg, module, data, len(train_labels), device, dist_info)
     if cfg.channels_last:
         module.to(memory_format=torch.channels_last)
 
@@ -346,6 +363,10 @@ def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
         flip_mode=cfg.flip_mode)
     # Every rank validates the whole split: simplest correct, and these splits are small.
     val_loader = build_eval_loader(val_images, val_labels, batch_size=cfg.eval_batch_size, device=device)
+    clock = None
+    if cfg.time_budget:  # size the run (cfg.epochs) to fit the budget
+        cfg, clock = plan_budget(cfg, module, probed, data, len(train_loader), len(val_labels), device,
+                                 dist_info, run_dir, started)
     tr = build_trainer(cfg, module, steps_per_epoch=len(train_loader), num_classes=data.num_classes,
                        mean=data.meta["mean"], std=data.meta["std"], device=device,
                        world_size=dist_info.world_size)
@@ -359,26 +380,31 @@ def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
     # Per-rank streams for dropout/mixup; rank 0 keeps exactly the single-process stream.
     seed_everything(cfg.seed + 1000 * dist_info.rank)
 
-    progress = _Progress()
+    progress = Progress()
     if cfg.resume:
         progress = resume_from(run_dir / "last.pt", tr, cfg, model_kwargs, data_info, dist_info.rank)
         if tr.lookahead is not None:
             tr.lookahead.resume(tr.global_step)
     elif main:
-        fresh_run_dir(run_dir, cfg.overwrite)
+        prepare_writing_dir(run_dir, out, cfg.overwrite)
+    if clock is not None:  # a compressed schedule (saved with the scheduler) ends where its warp says
+        steps_total = clock.start(tr, steps_total, resumed=cfg.resume)
     distributed.barrier()
     if main:
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, out / "config.yaml")
         # On resume this drops rows (and curve points) of epochs after the checkpoint.
-        logbook.write_metrics(run_dir, progress.history, plot=bool(progress.history))
+        logbook.write_metrics(out, progress.history, plot=bool(progress.history))
 
     stopped_early = _patience_exhausted(cfg, progress)
     show_bar = main and sys.stderr.isatty()
     epoch = progress.epoch
     last_plot = time.monotonic()
     try:
-        for epoch in range(progress.epoch + 1, epochs_total + 1):
-            if stopped_early:
+        for epoch in range(progress.epoch + 1, sys.maxsize):
+            if tr.budget is not None:  # a run behind its budget ends sooner (one far ahead, later)
+                steps_total = tr.budget.total_steps
+                epochs_total = math.ceil(steps_total / len(train_loader))
+            if stopped_early or (epoch - 1) * len(train_loader) >= steps_total:
                 break
             epoch_start = time.perf_counter()
             train_loader.set_epoch(epoch)
@@ -386,6 +412,7 @@ def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
                 # A frozen bias gets no gradient, so the optimizer skips it (no decay, no momentum).
                 whiten_conv.bias.requires_grad_(epoch <= cfg.whiten_bias_epochs)
             train = train_one_epoch(tr, train_loader, epoch, log_every=cfg.log_every, show_progress=show_bar,
+                                    heartbeat_s=PROGRESS_EVERY_S if main and not show_bar else 0.0,
                                     desc=f"epoch {epoch}/{epochs_total}",
                                     max_steps=steps_total - (epoch - 1) * len(train_loader))
             distributed.sync_buffers(tr.module)
@@ -399,19 +426,25 @@ def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
             rng = distributed.all_gather_object(rng_state())
             if main:
                 plot = time.monotonic() - last_plot >= CURVES_EVERY_S
-                _save_epoch(run_dir, tr, cfg, model_kwargs, data_info, progress, rng, improved, plot)
+                _save_epoch(out, tr, cfg, model_kwargs, data_info, progress, rng, improved, plot)
                 last_plot = time.monotonic() if plot else last_plot
                 _log_epoch(row, epochs_total, improved)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, row)
             stopped_early = _patience_exhausted(cfg, progress)
+            if tr.budget is not None:
+                _budget_epoch_end(tr, train, epoch_start, main)
     except NonFiniteLoss as e:
-        kept = f"{run_dir / 'last.pt'} keeps epoch {progress.epoch}" if progress.epoch else "no checkpoint was written"
+        kept = f"{out / 'last.pt'} keeps epoch {progress.epoch}" if progress.epoch else "no checkpoint was written"
+        if out != run_dir:
+            kept = f"{run_dir} keeps the earlier run"
         raise PipelineError(f"{e}; stopped ({kept}). Try a lower --lr, --grad-clip 1, or --precision fp32") from None
     except KeyboardInterrupt:
         if main:
             where = (f"{run_dir / 'last.pt'} holds epoch {progress.epoch}; continue with --resume"
                      if progress.epoch else "no epoch completed, nothing saved")
+            if out != run_dir:
+                where = f"{run_dir} keeps the earlier run (the retrain starts afresh next time)"
             log.warning("interrupted during epoch %d: %s", epoch, where)
         raise
 
@@ -426,20 +459,159 @@ def _run(cfg, dist_info, device, on_epoch_end, started) -> dict[str, Any]:
         "wall_seconds": round(time.time() - started, 3),
         "stopped_early": stopped_early,
     }
+    if tr.budget is not None:
+        summary["budget"] = tr.budget.record()
     if main:
-        logbook.write_metrics(run_dir, progress.history)  # final curves.png
-        outputs = [name for name in (*RUN_FILES, *_snapshots(run_dir)) if (run_dir / name).is_file()
+        logbook.write_metrics(out, progress.history)  # final curves.png
+        outputs = [name for name in (*RUN_FILES, *snapshots(out)) if (out / name).is_file()
                    and name != "manifest.json"]
         write_manifest(
-            run_dir, "train", inputs=[data.root / "meta.json", data.root / "split.npz"], outputs=outputs,
+            out, "train", inputs=[data.root / "meta.json", data.root / "split.npz"], outputs=outputs,
             config=config_dict(cfg), seed=cfg.seed, started=started,
             metrics={k: summary[k] for k in ("best_val_acc", "best_epoch", "epochs_run", "stopped_early")}
             | {"best_metric": "ema_val_acc" if tr.ema is not None else "val_acc",
                "final": progress.history[-1] if progress.history else None},
+            extra={"probe": probed.record(), **({"budget": tr.budget.record()} if tr.budget is not None else {})},
         )
-        log.info("best val accuracy %.4f at epoch %d -> %s", summary["best_val_acc"] or float("nan"),
+        if out != run_dir:
+            swap_in(out, run_dir)  # complete: the retrained run takes the earlier one's place
+        # debug: the train command prints the result once itself; library callers get `summary`
+        log.debug("best val accuracy %.4f at epoch %d -> %s", summary["best_val_acc"] or float("nan"),
                  summary["best_epoch"], run_dir / "best.pt")
     return summary
+
+
+def tune_runtime(cfg: TrainConfig, module: nn.Module, data: PreparedData, n_train: int, device: torch.device,
+                 dist_info) -> tuple[TrainConfig, probe.ProbeResult]:
+    """Settle cfg's auto precision / channels_last / compile with the probe (rank 0 measures on
+    copies of `module`, every rank takes its answer) and write the resolved values into cfg, so
+    config.yaml and the manifest record what ran."""
+    result = None
+    if dist_info.is_main:
+        steps_per_epoch = max(1, n_train // (cfg.batch_size * dist_info.world_size))
+        shape = tuple(data.input_size)
+
+        def make_step(candidate: probe.Candidate, batch: int) -> Callable[[], None]:
+            return _probe_step(cfg, module, candidate, batch, shape, data, steps_per_epoch, device)
+
+        result = probe.run_probe(
+            precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile, device=device,
+            key_fields={"model": cfg.model, "model_opts": cfg.model_opts, "batch_size": cfg.batch_size,
+                        "micro_batch_size": cfg.micro_batch_size, "input_shape": shape},
+            batch_size=cfg.batch_size, make_step=make_step, run_steps=total_steps(cfg.epochs, steps_per_epoch),
+            time_budget=cfg.time_budget, enabled=cfg.probe)
+        log.info("%s", result.line())
+    result = distributed.broadcast_object(result)
+    choice = result.choice
+    return dataclasses.replace(cfg, precision=choice.precision, channels_last=choice.channels_last,
+                               compile=choice.compile), result
+
+
+def _probe_step(cfg: TrainConfig, module: nn.Module, candidate: "probe.Candidate", batch: int,
+                shape: tuple[int, ...], data: PreparedData, steps_per_epoch: int,
+                device: torch.device) -> Callable[[], None]:
+    """One real training step (train_step) of `candidate` on a copy of `module` and a fixed random
+    batch of `batch` images: pixel values do not change the speed, the run's weights stay untouched."""
+    twin = copy.deepcopy(module)
+    if candidate.channels_last:
+        twin.to(memory_format=torch.channels_last)
+    tr = build_trainer(dataclasses.replace(cfg, precision=candidate.precision, channels_last=candidate.channels_last,
+                                           compile=candidate.compile),
+                       twin, steps_per_epoch=steps_per_epoch, num_classes=data.num_classes,
+                       mean=data.meta["mean"], std=data.meta["std"], device=device)
+    gen = torch.Generator().manual_seed(0)
+    batch += batch % 2 if tr.mixup is not None else 0  # mixup pairs images
+    images = torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=gen).to(device)
+    labels = torch.randint(0, data.num_classes, (batch,), generator=gen).to(device)
+    return lambda: train_step(tr, images, labels)
+
+
+def plan_budget(cfg: TrainConfig, module: nn.Module, probed: probe.ProbeResult, data: PreparedData,
+                steps_per_epoch: int, n_val: int, device: torch.device, dist_info, run_dir: Path,
+                started: float) -> tuple[TrainConfig, BudgetClock]:
+    """--time-budget: epochs sized so training, evaluations, checkpoints and the write-up fit
+    (printed as one line); a resumed run keeps the epochs it was planned with."""
+    clock = None
+    if dist_info.is_main:
+        step_s = cfg.batch_size / probed.img_per_s
+        # one evaluation pass and two checkpoint writes (best + last) per epoch, measured here
+        # (`module` is already in its final memory format; eval mode changes no state)
+        batch = min(cfg.eval_batch_size, n_val)
+        x = torch.randn(batch, *data.input_size, device=device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        was_training = module.training
+        module.eval()
+        with torch.inference_mode(), autocast(device, cfg.precision):
+            times = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                module(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - t0)
+        module.train(was_training)
+        eval_s = min(times) * math.ceil(n_val / batch) * (2 if cfg.ema > 0 else 1)  # the EMA is evaluated too
+        t0 = time.perf_counter()
+        torch.save({"model": module.state_dict(), "twice": module.state_dict()}, io.BytesIO())
+        save_s = 2 * (time.perf_counter() - t0)
+        clock = BudgetClock(budget_s=cfg.time_budget, started=started, steps_per_epoch=steps_per_epoch,
+                            batch_size=cfg.batch_size * dist_info.world_size,
+                            step_s=step_s, epoch_overhead_s=eval_s + save_s, final_s=eval_s + save_s)
+        if cfg.resume:
+            epochs = float(load_yaml(run_dir / "config.yaml")["epochs"])
+            clock.total_steps = total_steps(epochs, steps_per_epoch)
+            clock.planned_epochs = epochs
+            clock.plan_line = f"budget {cfg.time_budget:g} s: resuming the planned {epochs:g} epochs"
+            log.info("%s", clock.plan_line)
+        else:
+            clock.plan()
+            log.info("%s", clock.freeze_plan())
+    clock = distributed.broadcast_object(clock)
+    return dataclasses.replace(cfg, epochs=clock.planned_epochs), clock
+
+
+def _budget_check(tr: Trainer, step: int, epoch_s: float) -> int:
+    """In-epoch check of tr.budget after `step` steps of this epoch: how many steps this epoch
+    may take (fewer than planned if the run fell behind and its schedule was compressed)."""
+    clock = tr.budget
+    done = tr.global_step
+    first = done - step
+    if clock.check(done, first // clock.steps_per_epoch, epoch_s, step, _schedule_done(tr)) is not None:
+        _compress(tr)
+    return clock.total_steps - first
+
+
+def _budget_epoch_end(tr: Trainer, train: dict, epoch_start: float, main: bool) -> None:
+    """Record the epoch's measured times, then check the budget at the boundary (rank 0 decides)."""
+    clock = tr.budget
+    overhead = time.perf_counter() - epoch_start - train["seconds"]
+    clock.end_epoch(train["seconds"], train["steps"], overhead)
+    new_total = clock.check(tr.global_step, math.ceil(tr.global_step / clock.steps_per_epoch),
+                            schedule_done=_schedule_done(tr)) if main else None
+    new_total = distributed.broadcast_object(new_total)
+    if new_total is not None:
+        clock.total_steps = new_total
+        _compress(tr)
+
+
+def _schedule_done(tr: Trainer) -> float:
+    return tr.scheduler.warp(tr.global_step) / max(1, tr.budget.schedule_steps)
+
+
+def _compress(tr: Trainer) -> None:
+    """Fit the rest of the lr schedule (and lookahead's horizon) into tr.budget.total_steps steps:
+    squeezed when behind the budget, stretched when far ahead early on."""
+    clock = tr.budget
+    # the lr at this step stays what it is (the warp keeps it); later steps reach the floor sooner
+    tr.scheduler.warp.compress(tr.global_step, clock.total_steps, clock.schedule_steps)
+    if tr.lookahead is not None:
+        tr.lookahead.total_steps = clock.total_steps
+    last = clock.replans[-1] if clock.replans else None
+    if last is not None:
+        log.info("%s the time budget at step %d (%.1f s): the schedule now ends at step %d instead of %d",
+                 "behind" if last.new_total < last.old_total else "ahead of", last.at_step, last.elapsed_s,
+                 last.new_total, last.old_total)
 
 
 def initialise(module: nn.Module, cfg: TrainConfig, train_images, mean, std, device) -> nn.Conv2d | None:
@@ -477,16 +649,16 @@ def _epoch_row(tr: Trainer, val_loader, epoch: int, train: dict, epoch_start: fl
     return row
 
 
-def _save_epoch(run_dir, tr, cfg, model_kwargs, data_info, progress, rng, improved, plot) -> None:
+def _save_epoch(out, tr, cfg, model_kwargs, data_info, progress, rng, improved, plot) -> None:
     # best.pt before last.pt: if interrupted in between, last.pt still points at the previous epoch
     # and --resume redoes this one, rewriting the same best.pt.
     state = checkpoint_state(tr, cfg, model_kwargs, data_info, progress, rng)
     if improved:
-        save_checkpoint(run_dir / "best.pt", state)
-    save_checkpoint(run_dir / "last.pt", state)
+        save_checkpoint(out / "best.pt", state)
+    save_checkpoint(out / "last.pt", state)
     if cfg.save_every and progress.epoch % cfg.save_every == 0:
-        save_checkpoint(run_dir / f"epoch_{progress.epoch}.pt", state)
-    logbook.write_metrics(run_dir, progress.history, plot=plot)
+        save_checkpoint(out / snapshot_name(progress.epoch), state)
+    logbook.write_metrics(out, progress.history, plot=plot)
 
 
 def _log_epoch(row: dict, epochs: int, improved: bool) -> None:
@@ -497,104 +669,9 @@ def _log_epoch(row: dict, epochs: int, improved: bool) -> None:
              " *best" if improved else "")
 
 
-def _patience_exhausted(cfg: TrainConfig, progress: _Progress) -> bool:
+def _patience_exhausted(cfg: TrainConfig, progress: Progress) -> bool:
     return bool(cfg.early_stop_patience and progress.history
                 and progress.epoch - progress.best_epoch >= cfg.early_stop_patience)
-
-
-def checkpoint_state(tr: Trainer, cfg: TrainConfig, model_kwargs: dict, data_info: dict,
-                     progress: _Progress, rng: list) -> dict[str, Any]:
-    return {
-        "arch": cfg.model,
-        "model_kwargs": model_kwargs,
-        "model": clean_state_dict(tr.module.state_dict()),
-        "ema": tr.ema.state_dict() if tr.ema is not None else None,
-        "best_weights": "ema" if tr.ema is not None else "model",  # which weights best.pt was picked by
-        "optimizer": tr.optimizer.state_dict(),
-        "scheduler": tr.scheduler.state_dict(),
-        "scaler": tr.scaler.state_dict() if tr.scaler.is_enabled() else None,
-        "epoch": progress.epoch,
-        "best_metric": progress.best_metric,
-        "best_epoch": progress.best_epoch,
-        "metrics": list(progress.history),
-        "config": config_dict(cfg),
-        "data": data_info,
-        "rng": rng,
-    }
-
-
-def resume_from(path: Path, tr: Trainer, cfg: TrainConfig, model_kwargs: dict, data_info: dict,
-                rank: int = 0) -> _Progress:
-    ckpt = load_checkpoint(path)
-    check_resumable(path, ckpt, cfg, model_kwargs, data_info)
-    tr.module.load_state_dict(clean_state_dict(ckpt["model"]))
-    tr.optimizer.load_state_dict(ckpt["optimizer"])
-    tr.scheduler.load_state_dict(ckpt["scheduler"])
-    if tr.scaler.is_enabled() and ckpt.get("scaler"):
-        tr.scaler.load_state_dict(ckpt["scaler"])
-    if tr.ema is not None:
-        tr.ema.load_state_dict(ckpt["ema"])
-    states = ckpt.get("rng") or []
-    if states:
-        set_rng_state(states[rank] if rank < len(states) else states[0])
-    log.info("resuming %s from epoch %d (best val %.4f at epoch %d)", path.parent.name, ckpt["epoch"],
-             ckpt["best_metric"], ckpt["best_epoch"])
-    return _Progress(history=list(ckpt["metrics"]), best_metric=ckpt["best_metric"],
-                     best_epoch=ckpt["best_epoch"])
-
-
-def check_resumable(path: Path, ckpt: dict, cfg: TrainConfig, model_kwargs: dict, data_info: dict) -> None:
-    """A checkpoint of another model, data split or experiment config cannot be continued."""
-    if ckpt["arch"] != cfg.model or ckpt["model_kwargs"] != model_kwargs:
-        raise PipelineError(
-            f"{path}: checkpoint is of model '{ckpt['arch']}' {ckpt['model_kwargs']}, not '{cfg.model}' "
-            f"{model_kwargs}; use another --run to start a new one")
-    if ckpt.get("data", {}).get("split_sha256") != data_info["split_sha256"]:
-        raise PipelineError(f"{path}: checkpoint was trained on another data split than "
-                            f"{data_info['root']}/split.npz; use another --run to start a new one")
-    old, new = ckpt.get("config", {}), config_dict(cfg)
-    changed = sorted(k for k in new if k not in RESUME_MAY_CHANGE and old.get(k) != new[k])
-    if changed:
-        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
-        raise PipelineError(f"{path}: the config differs from the checkpoint's ({diffs}); "
-                            "resume with the same settings or use another --run")
-    if old.get("epochs") != cfg.epochs:
-        log.warning("resuming with epochs %s instead of %s: the lr schedule is rebuilt for the new length",
-                    cfg.epochs, old.get("epochs"))
-
-
-def check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
-    if cfg.resume:
-        if not (run_dir / "last.pt").is_file():
-            raise PipelineError(f"{run_dir / 'last.pt'}: not found, nothing to resume; drop --resume to start the run")
-        return
-    held = [name for name in ("last.pt", "best.pt") if (run_dir / name).exists()]
-    if held and not cfg.overwrite:
-        raise PipelineError(f"{run_dir}: already holds {', '.join(held)}; pass --resume to continue that run, "
-                            "--overwrite to start it afresh, or --run NAME for a new one")
-
-
-def fresh_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create the run folder; with --overwrite, first remove the earlier run's files (only those)."""
-    if overwrite:
-        for name in (*RUN_FILES, *_snapshots(run_dir)):
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _snapshots(run_dir: Path) -> list[str]:
-    found = [p.name for p in run_dir.glob("epoch_*.pt")] if run_dir.is_dir() else []
-    return sorted(found, key=lambda name: int(name[6:-3]) if name[6:-3].isdigit() else -1)
-
-
-def resolve_run_name(cfg: TrainConfig, data: PreparedData) -> TrainConfig:
-    """Fill competition (from meta.json) and the run name, so the saved config is complete."""
-    competition = cfg.competition or data.meta.get("competition") or Path(cfg.data).name
-    run = cfg.run or f"{competition}-{cfg.model}"
-    run = run.replace(":", "-").replace("/", "-")
-    if run in ("", ".", ".."):
-        raise PipelineError(f"--run '{cfg.run}' is not a usable folder name")
-    return dataclasses.replace(cfg, competition=competition, run=run)
 
 
 def data_provenance(data: PreparedData) -> dict[str, Any]:
@@ -605,44 +682,6 @@ def data_provenance(data: PreparedData) -> dict[str, Any]:
         "split_sha256": sha256_file(data.root / "split.npz"),
         "arrays_sha256": data.lineage,  # what predict and ensemble check the data against
     }
-
-
-def configure_determinism(deterministic: bool) -> None:
-    if deterministic:
-        import os
-
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
-    torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = not deterministic  # fixed input sizes: autotuning pays off
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch and CUDA generator states as plain lists/tensors (weights_only-safe)."""
-    version, words, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [version, list(words), gauss],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, words, gauss = state["python"]
-    random.setstate((version, tuple(words), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _check_finite(losses: list[torch.Tensor], epoch: int, last_step: int) -> None:

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text
+from pipeline.run_layout import LOG_FILES
 
 COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "img_per_s")
 EMA_COLUMNS = ("ema_val_loss", "ema_val_acc")
-FILES = ("metrics.csv", "metrics.jsonl", "curves.png")
+FILES = LOG_FILES
 
 
 def columns(history: Sequence[dict[str, Any]]) -> list[str]:
@@ -49,6 +50,12 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def plot_curves(history: Sequence[dict[str, Any]]) -> bytes:
     """Loss and accuracy against epoch, train vs val (and EMA val), as PNG bytes."""
+    out = io.BytesIO()
+    curves_figure(history).savefig(out, format="png")
+    return out.getvalue()
+
+
+def curves_figure(history: Sequence[dict[str, Any]]):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,9 +71,9 @@ def plot_curves(history: Sequence[dict[str, Any]]) -> bytes:
             if any(v is not None and not math.isnan(v) for v in values):
                 ax.plot(epochs, values, style, marker="o", markersize=3, label=split.replace("_", " "))
         ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy" if metric == "acc" else "loss")
+        ax.set_ylabel("accuracy" if metric == "acc" else "loss (log scale)")
+        if metric == "loss":
+            ax.set_yscale("log")  # an early spike (val loss in the thousands) would flatten the rest
         ax.grid(alpha=0.3)
         ax.legend()
-    out = io.BytesIO()
-    fig.savefig(out, format="png")
-    return out.getvalue()
+    return fig

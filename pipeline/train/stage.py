@@ -6,67 +6,13 @@ to None (= not given), so an unset flag never overrides the YAML file.
 from __future__ import annotations
 
 import dataclasses
-import typing
-from typing import Any, Callable
+from typing import Any
 
 import click
 
+from pipeline.cli_config import config_options, parse_flag_lists
 from pipeline.config import resolve_config
-from pipeline.errors import PipelineError
 from pipeline.train.config import TrainConfig
-
-def _base_type(hint: Any) -> Any:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is typing.Union and len(args) == 1:
-        hint = args[0]
-    return typing.get_origin(hint) or hint
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value) or "none"
-    return "none" if value is None else str(value)
-
-
-def config_options(cls: type) -> Callable[[Callable], Callable]:
-    """Decorate a click command with a --flag for every field of dataclass `cls` (dict fields excepted)."""
-    hints = typing.get_type_hints(cls)
-
-    def decorate(fn: Callable) -> Callable:
-        for f in reversed(dataclasses.fields(cls)):
-            hint = hints[f.name]
-            base = _base_type(hint)
-            if base is dict:
-                continue  # dict fields get their own key=value flag (--model-opt)
-            name = f.name.replace("_", "-")
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            text = f"{f.metadata.get('help', '')} [default: {_show(default)}]"
-            if base is bool:
-                fn = click.option(f"--{name}/--no-{name}", f.name, default=None, help=text)(fn)
-            elif base is list:
-                fn = click.option(f"--{name}", f.name, type=str, default=None, metavar="A,B", help=text)(fn)
-            else:
-                click_type = {int: int, float: float}.get(base, str)
-                fn = click.option(f"--{name}", f.name, type=click_type, default=None, help=text)(fn)
-        return fn
-
-    return decorate
-
-
-def parse_flag_lists(cls: type, flags: dict[str, Any]) -> dict[str, Any]:
-    """'0.5,0.75' -> [0.5, 0.75] for list fields; drops flags that were not given."""
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if _base_type(hints.get(key)) is list:
-            try:
-                value = [float(v) for v in str(value).replace(" ", "").split(",") if v]
-            except ValueError:
-                raise PipelineError(f"--{key.replace('_', '-')}: expected comma-separated numbers, got '{value}'") from None
-        out[key] = value
-    return out
 
 
 @click.command("train")

@@ -1,0 +1,108 @@
+"""Training's side of the run folder (layout: pipeline/run_layout.py): checks before a run starts,
+a fresh folder, and how a retrained run takes an old one's place.
+
+Retraining an existing run with --replace writes into its staging folder and swaps it in only once
+training has completed, so an interrupted or failed retrain leaves the earlier run whole.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+from pipeline.data.dataset import PreparedData
+from pipeline.errors import PipelineError
+from pipeline.run_layout import TRAIN_FILES, retired_dir, snapshot_name, staging_dir
+from pipeline.train.config import TrainConfig
+
+RUN_FILES = TRAIN_FILES
+
+
+def checkpoints_held(run_dir: Path) -> list[str]:
+    return [name for name in ("last.pt", "best.pt") if (run_dir / name).exists()]
+
+
+def extension_of(run_dir: Path, cfg: TrainConfig) -> TrainConfig:
+    """--replace --extend on a run that differs only by fewer epochs: resume it instead of retraining."""
+    from pipeline.config import config_dict, load_yaml
+    from pipeline.train.resume import RESUME_MAY_CHANGE
+
+    if not (cfg.replace and cfg.extend and (run_dir / "last.pt").is_file() and (run_dir / "config.yaml").is_file()):
+        return cfg
+    old, new = load_yaml(run_dir / "config.yaml"), config_dict(cfg)
+    same = all(old.get(k) == v for k, v in new.items() if k not in RESUME_MAY_CHANGE)
+    if same and float(old.get("epochs") or 0) < cfg.epochs:
+        return dataclasses.replace(cfg, replace=False, resume=True)
+    return cfg
+
+
+def writing_dir(run_dir: Path, cfg: TrainConfig) -> Path:
+    """Where this run's files go while it trains: the run folder itself, or, when --replace retrains a
+    run that exists, its staging folder."""
+    if cfg.replace and not cfg.resume and checkpoints_held(run_dir):
+        return staging_dir(run_dir)
+    return run_dir
+
+
+def prepare_writing_dir(run_dir: Path, target: Path, overwrite: bool) -> None:
+    """Create the folder training writes into (main process only)."""
+    if target != run_dir:
+        shutil.rmtree(target, ignore_errors=True)  # what a killed earlier retrain left
+        target.mkdir(parents=True)
+    else:
+        fresh_run_dir(run_dir, overwrite)
+
+
+def swap_in(staging: Path, run_dir: Path) -> None:
+    """Put the completed staging folder in run_dir's place. Two renames: recover_swap() finishes or
+    undoes a swap that a kill interrupted between them, so a run folder is never lost."""
+    retired = retired_dir(run_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+    os.replace(run_dir, retired)
+    os.replace(staging, run_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def recover_swap(run_dir: Path) -> None:
+    retired = retired_dir(run_dir)
+    if retired.is_dir():
+        if run_dir.exists():
+            shutil.rmtree(retired, ignore_errors=True)  # the swap had completed
+        else:
+            os.replace(retired, run_dir)  # killed between the renames: the earlier run comes back
+
+
+def check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
+    if cfg.resume:
+        if not (run_dir / "last.pt").is_file():
+            raise PipelineError(f"{run_dir / 'last.pt'}: not found, nothing to resume; drop --resume to start the run")
+        return
+    recover_swap(run_dir)
+    held = checkpoints_held(run_dir)
+    if held and not (cfg.overwrite or cfg.replace):
+        raise PipelineError(f"{run_dir}: already holds {', '.join(held)}; pass --resume to continue that run, "
+                            "--overwrite to start it afresh, or --run NAME for a new one")
+
+
+def fresh_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Create the run folder; with --overwrite, first remove the earlier run's files (only those)."""
+    if overwrite:
+        for name in (*RUN_FILES, *snapshots(run_dir)):
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def snapshots(run_dir: Path) -> list[str]:
+    found = [p.name for p in run_dir.glob(snapshot_name("*"))] if run_dir.is_dir() else []
+    return sorted(found, key=lambda name: int(name[6:-3]) if name[6:-3].isdigit() else -1)
+
+
+def resolve_run_name(cfg: TrainConfig, data: PreparedData) -> TrainConfig:
+    """Fill competition (from meta.json) and the run name, so the saved config is complete."""
+    competition = cfg.competition or data.meta.get("competition") or Path(cfg.data).name
+    run = cfg.run or f"{competition}-{cfg.model}"
+    run = run.replace(":", "-").replace("/", "-")
+    if run in ("", ".", ".."):
+        raise PipelineError(f"--run '{cfg.run}' is not a usable folder name")
+    return dataclasses.replace(cfg, competition=competition, run=run)
