@@ -2,28 +2,10 @@
 from __future__ import annotations
 
 import os
-import platform
-from pathlib import Path
 
 import torch
 
-SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def cpu_model() -> tuple[str, list[str]]:
-    """(model name, the SPEED_FLAGS it has) from /proc/cpuinfo; platform's guess elsewhere."""
-    info = Path("/proc/cpuinfo")
-    name, flags = platform.processor() or platform.machine(), set()
-    if info.is_file():
-        for line in info.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-            if flags and name:
-                break
-    return name, [f for f in SPEED_FLAGS if f in flags]
+from pipeline.machine import SPEED_FLAGS, cpu_model  # noqa: F401  (SPEED_FLAGS: re-exported)
 
 
 def machine_summary() -> dict:

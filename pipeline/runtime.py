@@ -5,7 +5,8 @@ Shared by train, predict and bench so all three feed the model exactly the same 
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 
@@ -26,35 +27,53 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> the fastest safe precision on `device`; other names pass through unchanged.
-
-    bf16 where the hardware computes in it (CUDA with bf16, else fp16; CPUs with AVX512-BF16/AMX).
-    On a CPU without native bf16, autocast emulates it: ResNet-20 trained 10-20x slower than fp32
-    on the AVX2 dev machine (bench/train_throughput.py), so there "auto" means fp32.
-    """
-    if precision != "auto":
-        return precision
+def fallback_precision(device: torch.device) -> str:
+    """What "auto" means when nothing was measured (--no-probe, a run too short to probe, predict
+    without a trained precision): the choice that is never catastrophic. On CPUs bf16 is fast only
+    where the hardware computes in it and is emulated, many times slower, elsewhere, so fp32 there;
+    on CUDA the half type the GPU has. The probe (pipeline/train/probe.py) measures instead."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:
-        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native_bf16 = False
-    return "bf16" if device.type == "cpu" and native_bf16 else "fp32"
+    return "fp32"
+
+
+def fallback_channels_last(device: torch.device) -> bool:
+    """Unmeasured memory format: channels_last (what cuDNN/oneDNN convolutions prefer)."""
+    return True
+
+
+def fallback_compile(device: torch.device) -> bool:
+    """Unmeasured compile: off (a compile costs tens of seconds before it can pay off)."""
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> fallback_precision(device) (the probe settles "auto" for training by measurement
+    before this is reached); other names pass through unchanged."""
+    return fallback_precision(device) if precision == "auto" else precision
+
+
+def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a resolved precision name (None = fp32), or a one-line error."""
+    if precision not in PRECISIONS:
+        raise PipelineError(f"unknown precision '{precision}'; choose from: auto, {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    if device.type == "cpu" and dtype is torch.float16:
+        raise PipelineError("fp16 autocast is for CUDA; use --precision bf16 on CPU")
+    return dtype
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """torch.amp.autocast for bf16/fp16, a no-op for fp32 ("auto": see resolve_precision)."""
-    precision = resolve_precision(precision, device)
-    if precision not in PRECISIONS:
-        raise PipelineError(f"unknown precision '{precision}'; choose from: auto, {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
+    return autocast_factory(device, precision)()
+
+
+def autocast_factory(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """Resolve and check the precision once; the returned function makes each step's context."""
+    dtype = check_precision(resolve_precision(precision, device), device)
     if dtype is None:
-        return contextlib.nullcontext()
-    if device.type == "cpu" and dtype is torch.float16:
-        raise PipelineError("fp16 autocast is for CUDA; use --precision bf16 on CPU")
-    return torch.amp.autocast(device_type=device.type, dtype=dtype)
+        return contextlib.nullcontext
+    return functools.partial(torch.amp.autocast, device_type=device.type, dtype=dtype)
 
 
 def normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device):

@@ -20,8 +20,67 @@ SCHEDULES = Registry("schedule")
 Factor = Callable[[int], float]
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int) -> "WarpedLambdaLR":
+    return WarpedLambdaLR(optimizer, lr_factor(cfg, steps_per_epoch), StepWarp())
+
+
+class WarpedLambdaLR(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR whose step count goes through a StepWarp (the identity unless a time-budgeted run
+    compressed its schedule). The warp's knots travel in state_dict(), so a resume is exact."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: Factor, warp: "StepWarp"):
+        self._warp = warp
+        # a closure, not an object: LambdaLR would pickle an object's __dict__ into its state_dict
+        super().__init__(optimizer, lambda step: factor(warp(step)))
+
+    @property
+    def warp(self) -> "StepWarp":
+        return self._warp
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state.pop("_warp", None)
+        state["warp_knots"] = [list(k) for k in self._warp.knots]
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        self._warp.knots = [list(k) for k in state.pop("warp_knots", [])]
+        super().load_state_dict(state)
+
+
+class StepWarp:
+    """Optimizer step -> the schedule's own step: the identity until compress() fits what is left of
+    the schedule into another number of steps (fewer: a time-budgeted run falling behind; more: one
+    far ahead early on). The lr goes on from where it is, along the same shape, to the same final
+    value, only sooner (or later).
+
+    knots: [[optimizer_step, schedule_step], ...], piecewise linear, plain values (checkpointed).
+    """
+
+    def __init__(self, knots: list[list[float]] | None = None):
+        self.knots = [list(k) for k in knots or []]
+
+    def __call__(self, step: float) -> float:
+        if not self.knots or step <= self.knots[0][0]:
+            return step
+        for (s0, p0), (s1, p1) in zip(self.knots, self.knots[1:]):
+            if step <= s1:
+                return p0 + (p1 - p0) * (step - s0) / (s1 - s0)
+        s_end, p_end = self.knots[-1]
+        return p_end + (step - s_end)
+
+    def compress(self, at_step: int, new_total: int, schedule_total: int) -> None:
+        """From optimizer step at_step on, reach the schedule's end (schedule_total) at new_total."""
+        if new_total <= at_step:
+            raise ValueError(f"new_total {new_total} must come after step {at_step}")
+        here = self(at_step)
+        self.knots = [k for k in self.knots if k[0] < at_step] + [[at_step, here], [new_total, schedule_total]]
+
+    @property
+    def end(self) -> int | None:
+        """The optimizer step where the compressed schedule ends (None: not compressed)."""
+        return int(self.knots[-1][0]) if self.knots else None
 
 
 def total_steps(epochs: float, steps_per_epoch: int) -> int:

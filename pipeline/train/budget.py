@@ -1,0 +1,167 @@
+"""Training to a time budget: size the run to fit, then keep it inside while it runs.
+
+plan_steps is the arithmetic: the most optimizer steps whose training, per-epoch evaluation and
+checkpoints, and the final write-up fit in the time left. BudgetClock applies it twice: before
+training, from the probe's speed (the plan, e.g. "budget 600 s -> 7.4 epochs at 650 img/s"), and
+during training from the speed actually seen. If the run falls behind, what is left of the lr
+schedule is compressed into fewer steps (schedules.StepWarp: the same shape, down to the same
+floor), so the run ends early but finished - annealed, evaluated, checkpointed - and is never cut
+off mid-epoch.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# The probe times training steps only; the loader, augmentation and Python around them are not
+# in its figure, so the first plan keeps this share of the time in hand. Checks during the run
+# correct it with the speed actually seen.
+PLAN_SHARE = 0.9
+MIN_STEPS_TO_REPLAN = 5  # live steps needed before the live speed replaces the probe's
+# A run well ahead of its plan (a pessimistic first estimate) is stretched to use the budget, but
+# only while most of its schedule lies ahead (stretching an lr already near its floor buys nothing)
+# and only for a real gain (a stretch and a squeeze in turn would be noise).
+STRETCH_BEFORE = 0.5  # share of the schedule done
+STRETCH_MIN_GAIN = 1.05
+MAX_EPOCHS = 100_000
+
+
+def plan_steps(available_s: float, *, step_s: float, epoch_overhead_s: float, final_s: float,
+               steps_per_epoch: int, done_steps: int = 0, done_epochs: int = 0,
+               max_steps: int | None = None) -> int:
+    """The largest total step count T > done_steps such that
+
+        (T - done_steps) * step_s + (ceil(T / steps_per_epoch) - done_epochs) * epoch_overhead_s + final_s
+
+    fits in available_s (one evaluation + checkpoint per epoch started, a partial last epoch
+    included). At least done_steps + 1: a run always ends with a step that reaches the floor.
+    """
+    if steps_per_epoch < 1 or step_s <= 0:
+        raise ValueError("steps_per_epoch and step_s must be positive")
+    best = done_steps + 1
+    first_epoch = done_steps // steps_per_epoch + 1
+    limit = max_steps if max_steps is not None else MAX_EPOCHS * steps_per_epoch
+    for epoch in range(first_epoch, first_epoch + MAX_EPOCHS):
+        room = available_s - final_s - (epoch - done_epochs) * epoch_overhead_s
+        fit = done_steps + math.floor(room / step_s + 1e-9)
+        total = min(epoch * steps_per_epoch, fit, limit)
+        if total <= (epoch - 1) * steps_per_epoch or total <= done_steps:
+            break  # not even one step of this epoch fits, nor of any later one
+        best = max(best, total)
+        if total < epoch * steps_per_epoch or total >= limit:
+            break
+    return best
+
+
+@dataclass
+class Replan:
+    at_step: int
+    elapsed_s: float
+    old_total: int
+    new_total: int
+    step_s: float
+
+    def record(self) -> dict[str, Any]:
+        return {"at_step": self.at_step, "elapsed_s": round(self.elapsed_s, 2), "old_total": self.old_total,
+                "new_total": self.new_total, "step_s": round(self.step_s, 5)}
+
+
+@dataclass
+class BudgetClock:
+    """The time budget of one run: its plan, and checks against it while the run goes on.
+
+    started: time.time() when the run began (setup and probe count against the budget).
+    """
+
+    budget_s: float
+    started: float
+    steps_per_epoch: int
+    batch_size: int
+    step_s: float  # planning estimate, from the probe
+    epoch_overhead_s: float  # evaluation + checkpoints per epoch (estimate, then measured)
+    final_s: float  # the run's last write-up (curves, manifest)
+    total_steps: int = 0
+    planned_epochs: float = 0.0
+    planned_steps: int = 0  # the plan as first made, kept beside any replans
+    plan_line: str = ""
+    schedule_steps: int = 0  # the lr schedule's own length (a compressed one reaches its end sooner)
+    replans: list[Replan] = field(default_factory=list)
+    now: Callable[[], float] = time.time
+    _train_s: float = 0.0  # training seconds measured so far (finished epochs)
+    _train_steps: int = 0
+    _overheads: list[float] = field(default_factory=list)
+
+    def plan(self) -> int:
+        """Size the run from the estimates: total optimizer steps (sets planned_epochs too)."""
+        available = (self.budget_s - self.elapsed()) * PLAN_SHARE
+        self.total_steps = plan_steps(available, step_s=self.step_s, epoch_overhead_s=self.epoch_overhead_s,
+                                      final_s=self.final_s, steps_per_epoch=self.steps_per_epoch)
+        self.planned_epochs = round(self.total_steps / self.steps_per_epoch, 4)
+        return self.total_steps
+
+    def start(self, tr, schedule_steps: int, resumed: bool = False) -> int:
+        """Attach to trainer `tr` (its scheduler already loaded on a resume); the run's total steps."""
+        self.schedule_steps = schedule_steps
+        end = tr.scheduler.warp.end
+        self.total_steps = end if end is not None else min(self.total_steps or schedule_steps, schedule_steps)
+        if tr.lookahead is not None:
+            tr.lookahead.total_steps = self.total_steps
+        tr.budget = self
+        return self.total_steps
+
+    def elapsed(self) -> float:
+        return self.now() - self.started
+
+    def line(self) -> str:
+        return (f"budget {self.budget_s:.0f} s -> {self.planned_epochs:g} epochs at "
+                f"{self.batch_size / self.step_s:.0f} img/s ({self.total_steps} steps, "
+                f"{self.elapsed():.1f} s spent before training)")
+
+    def end_epoch(self, train_s: float, train_steps: int, overhead_s: float) -> None:
+        """Record an epoch's measured training time and its evaluation + checkpoint time."""
+        self._train_s += train_s
+        self._train_steps += train_steps
+        self._overheads.append(overhead_s)
+
+    def check(self, done_steps: int, done_epochs: int, epoch_train_s: float = 0.0,
+              epoch_steps: int = 0, schedule_done: float = 1.0) -> int | None:
+        """A new total step count if the run, at its live speed, would overrun (smaller), or is
+        far ahead early on (larger, see STRETCH_BEFORE); else None.
+
+        done_steps: optimizer steps taken; epoch_train_s/epoch_steps: the running epoch so far;
+        schedule_done: the share of the lr schedule behind (the warp's position / its length).
+        """
+        steps = self._train_steps + epoch_steps
+        if steps < MIN_STEPS_TO_REPLAN:
+            return None
+        step_s = (self._train_s + epoch_train_s) / steps
+        overhead = max(self._overheads) if self._overheads else self.epoch_overhead_s
+        final = max(self.final_s, overhead)
+        fit = plan_steps(self.budget_s - self.elapsed(), step_s=step_s, epoch_overhead_s=overhead, final_s=final,
+                         steps_per_epoch=self.steps_per_epoch, done_steps=done_steps, done_epochs=done_epochs)
+        stretch = schedule_done < STRETCH_BEFORE and fit >= STRETCH_MIN_GAIN * self.total_steps
+        if fit >= self.total_steps and not stretch:
+            return None
+        self.replans.append(Replan(done_steps, self.elapsed(), self.total_steps, fit, step_s))
+        self.total_steps = fit
+        return fit
+
+    def record(self) -> dict[str, Any]:
+        """Plain values for the manifest: the budget, the plan, what happened."""
+        return {
+            "budget_s": self.budget_s,
+            "plan": {"epochs": self.planned_epochs, "steps": self.planned_steps,
+                     "img_per_s": round(self.batch_size / self.step_s, 1),
+                     "epoch_overhead_s": round(self.epoch_overhead_s, 3), "line": self.plan_line},
+            "replans": [r.record() for r in self.replans],
+            "final_steps": self.total_steps,
+            "actual_s": round(self.elapsed(), 2),
+        }
+
+    def freeze_plan(self) -> str:
+        """Remember the plan as first made (the record keeps it beside any replans); its line."""
+        self.planned_steps = self.total_steps
+        self.plan_line = self.line()
+        return self.plan_line

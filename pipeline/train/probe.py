@@ -1,0 +1,343 @@
+"""Which precision, memory format and compile setting trains fastest here: measured, then cached.
+
+No static rule is right for every machine (bf16 is several times faster than fp32 on some CPUs and
+many times slower on others; channels_last and torch.compile win or lose by model and device), so
+the `auto` values of TrainConfig are settled by timing a few real training steps of the actual
+model, batch and input shape on the actual device, each candidate in turn. The answer is cached
+per machine, torch version, model, batch and input shape in a user cache file
+($PIPELINE_CACHE_DIR, else $XDG_CACHE_HOME/pipeline, else ~/.cache/pipeline: probe.json), so
+later runs pay nothing. Explicit values are never probed.
+
+Cost: at most MAX_SECONDS or RUN_SHARE of the planned run, whichever is smaller. A run too short
+to afford a meaningful probe takes the static fallback (runtime.fallback_*), as does --no-probe.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from pipeline.artifacts import atomic_write_json
+from pipeline.machine import device_name
+from pipeline.runtime import fallback_channels_last, fallback_compile, fallback_precision
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "PIPELINE_CACHE_DIR"
+CACHE_FILE = "probe.json"
+MAX_SECONDS = 10.0  # probe cost ceiling ...
+RUN_SHARE = 0.02  # ... or this share of the planned run, whichever is smaller
+WARMUP_STEPS = 2  # untimed steps of the first candidate (its second one sizes the probe)
+OTHER_WARMUP = 1  # untimed steps of the others: allocator, oneDNN/cuDNN primitives for their dtype/layout
+MIN_TIMED = 2  # timed steps a candidate needs for its median to count
+MAX_ROUNDS = 8
+DROP_FACTOR = 1.5  # a candidate this much slower than the best median cannot win: stop timing it
+SCOUT_BATCH = 32  # images in the scout step that sizes the probe
+MIN_PROBE_BATCH = 16  # below this a slice says little about the real batch: take the fallback
+COMPILE_KEY = "compile_seconds"  # cache entry: device -> seconds a compile took there (first step)
+SPEEDS_KEY = "speeds"  # cache entry: speed key -> {candidate name: img/s}, compiled ones included (make bench)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    precision: str
+    channels_last: bool
+    compile: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.precision} {'channels_last' if self.channels_last else 'nchw'}" + (
+            " compile" if self.compile else "")
+
+
+@dataclass
+class ProbeResult:
+    choice: Candidate
+    source: str  # measured | cache | fixed (nothing was auto) | skipped (--no-probe) | too short
+    img_per_s: float | None = None  # of the choice, training steps only (no loader, no eval)
+    measured: dict[str, float] = field(default_factory=dict)  # candidate name -> img/s
+    seconds: float = 0.0
+    device: str = ""
+    cache: str | None = None
+    batch: int | None = None  # the batch the steps were timed at (a slice of a batch too slow to time whole)
+    compile_note: str | None = None  # why compile was chosen (from speeds measured with it, see with_compile)
+
+    def line(self) -> str:
+        rate = self.img_per_s or self.measured.get(self.choice.name)  # a slice's rate when not the batch's
+        speed = f" {rate:.0f} img/s" if rate else ""
+        others = ", ".join(f"{name} {rate:.0f}" for name, rate in self.measured.items()
+                           if name != self.choice.name)
+        at = f" at batch {self.batch}" if self.batch else ""
+        where = {"measured": f"measured{at} in {self.seconds:.1f} s", "cache": f"cached in {self.cache}",
+                 "fixed": "all set explicitly", "skipped": "--no-probe: fallback",
+                 "too short": "run too short to probe: fallback"}[self.source]
+        note = f"; {self.compile_note}" if self.compile_note else ""
+        return f"probe: {self.choice.name}{speed} ({where}{'; ' + others if others else ''}{note}) on {self.device}"
+
+    def record(self) -> dict[str, Any]:
+        """Plain values for the run's manifest."""
+        return {"choice": asdict(self.choice), "source": self.source, "img_per_s": self.img_per_s,
+                "measured": dict(self.measured), "seconds": round(self.seconds, 3), "device": self.device,
+                "cache": self.cache, "batch": self.batch, "compile_note": self.compile_note}
+
+
+def cache_path() -> Path:
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        root = Path(base) / "pipeline"
+    return Path(root) / CACHE_FILE
+
+
+def cache_key(device: torch.device, model: str, model_opts: dict, batch_size: int, micro_batch_size: int,
+              input_shape: tuple[int, ...], candidates: list[Candidate]) -> str:
+    return json.dumps({
+        "device": device_name(device), "torch": torch.__version__, "model": model, "opts": model_opts,
+        "batch": batch_size, "micro_batch": micro_batch_size, "input": list(input_shape),
+        "candidates": sorted(c.name for c in candidates),
+    }, sort_keys=True, default=str)
+
+
+def read_cache(key: str, path: Path | None = None) -> dict[str, Any] | None:
+    path = path or cache_path()
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None  # no cache yet, or a damaged one: measure again
+
+
+def write_cache(key: str, entry: dict[str, Any], path: Path | None = None) -> None:
+    path = path or cache_path()
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        entries = entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        entries = {}
+    entries[key] = entry
+    try:
+        atomic_write_json(path, entries)
+    except OSError as e:  # a read-only home must not stop a run
+        log.warning("probe cache %s not written (%s)", path, e)
+
+
+def candidates(precision: str, channels_last: bool | None, compile: bool | None, device: torch.device,
+               allow_compile: bool = True) -> list[Candidate]:
+    """Every combination of the auto values (explicit ones fixed); the static fallback first."""
+    if precision == "auto":
+        if device.type == "cuda":
+            half = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            precisions = [half, "fp32"]
+        else:
+            precisions = ["fp32", "bf16"]
+        first = fallback_precision(device)
+        precisions.sort(key=lambda p: p != first)
+    else:
+        precisions = [precision]
+    formats = [channels_last] if channels_last is not None else sorted(
+        (True, False), key=lambda v: v != fallback_channels_last(device))
+    compiles = [compile] if compile is not None else ([False, True] if allow_compile else [fallback_compile(device)])
+    return [Candidate(p, f, c) for c in compiles for f in formats for p in precisions]
+
+
+def measure(
+    steps: dict[Candidate, Callable[[], None]],
+    *,
+    limit_s: Callable[[float], float],
+    clock: Callable[[], float] = time.perf_counter,
+    sync: Callable[[], None] = lambda: None,
+) -> tuple[dict[Candidate, float], float, bool]:
+    """Time one training step of every candidate, round-robin (so a load change on a shared machine
+    hits all alike). Returns (candidate -> median seconds per step, seconds spent, complete).
+
+    `limit_s(step_seconds)` turns the first candidate's warm step time into the probe's allowance
+    (it depends on how long the run will be); if the allowance cannot buy OTHER_WARMUP + MIN_TIMED
+    steps of every candidate, only the first candidate's warm-up ran and complete is False.
+    """
+    start = clock()
+    names = list(steps)
+
+    def timed(candidate: Candidate) -> float:
+        t0 = clock()
+        steps[candidate]()
+        sync()
+        return clock() - t0
+
+    warm: dict[Candidate, list[float]] = {c: [] for c in names}
+    first = names[0]
+    for _ in range(WARMUP_STEPS):
+        warm[first].append(timed(first))
+    step_s = warm[first][-1]
+    allowance = limit_s(step_s)
+    needed = clock() - start + ((len(names) - 1) * OTHER_WARMUP + len(names) * MIN_TIMED) * step_s
+    times: dict[Candidate, list[float]] = {c: [] for c in names}
+    if needed > allowance:  # the warm-up is the only figure (of the first candidate)
+        return {first: step_s}, clock() - start, False
+    for c in names[1:]:
+        for _ in range(OTHER_WARMUP):
+            warm[c].append(timed(c))  # one-time costs: not a figure to judge by
+    alive = list(names)
+    for _ in range(MAX_ROUNDS):
+        for c in alive:
+            times[c].append(timed(c))
+        best = min(statistics.median(times[c]) for c in alive)
+        alive = [c for c in alive if statistics.median(times[c]) <= DROP_FACTOR * best]
+        next_round = sum(statistics.median(times[c]) for c in alive)
+        if clock() - start + next_round > allowance and all(len(times[c]) >= MIN_TIMED for c in alive):
+            break
+    medians = {c: statistics.median(times[c]) for c in names if times[c]}
+    return medians, clock() - start, True
+
+
+def compile_seconds(device: torch.device, path: Path | None = None) -> float | None:
+    """How long a torch.compile took on this device when last measured (probe or `make bench`)."""
+    entry = read_cache(COMPILE_KEY, path) or {}
+    return entry.get(device_name(device))
+
+
+def record_compile_seconds(device: torch.device, seconds: float, path: Path | None = None) -> None:
+    entry = dict(read_cache(COMPILE_KEY, path) or {})
+    entry[device_name(device)] = round(seconds, 2)
+    write_cache(COMPILE_KEY, entry, path)
+
+
+def speed_key(device: torch.device, model: str, model_opts: dict, batch_size: int, micro_batch_size: int,
+              input_shape: tuple[int, ...]) -> str:
+    return json.dumps({"device": device_name(device), "torch": torch.__version__, "model": model, "opts": model_opts,
+                       "batch": batch_size, "micro_batch": micro_batch_size, "input": list(input_shape)},
+                      sort_keys=True, default=str)
+
+
+def record_speeds(device: torch.device, key_fields: dict[str, Any], rates: dict[str, float],
+                  path: Path | None = None) -> None:
+    """Keep whole-training-step img/s of candidates, compiled ones included, measured outside a run's
+    probe (`make bench` times compiled variants, which no probe allowance can afford)."""
+    entries = dict(read_cache(SPEEDS_KEY, path) or {})
+    entries[speed_key(device, **key_fields)] = {name: round(rate, 1) for name, rate in rates.items()}
+    write_cache(SPEEDS_KEY, entries, path)
+
+
+def with_compile(result: ProbeResult, device: torch.device, key_fields: dict[str, Any], run_steps: int,
+                 time_budget: float = 0.0, path: Path | None = None) -> ProbeResult:
+    """compile auto: a compile costs more than a probe may spend, so it is chosen from speeds measured
+    with and without it on this machine for this model, batch and shape (record_speeds), when the
+    time it saves over the planned run exceeds the compile time measured here."""
+    rates = (read_cache(SPEEDS_KEY, path) or {}).get(speed_key(device, **key_fields)) or {}
+    compiled = Candidate(result.choice.precision, result.choice.channels_last, True)
+    seconds = compile_seconds(device, path)
+    eager, fast = rates.get(result.choice.name), rates.get(compiled.name)
+    if result.choice.compile or not (eager and fast and seconds is not None):
+        return result
+    run_s = time_budget or run_steps * key_fields["batch_size"] / eager
+    saved = run_s * (1 - eager / fast)
+    if saved <= seconds:
+        return result
+    note = (f"compile: {fast / eager:.2f}x in measured speeds, saves ~{saved:.0f} s of a ~{run_s:.0f} s run "
+            f"for a ~{seconds:.0f} s compile")
+    return ProbeResult(compiled, result.source, result.img_per_s and result.img_per_s * fast / eager,
+                       result.measured, result.seconds, result.device, result.cache, result.batch, note)
+
+
+def choose(medians: dict[Candidate, float]) -> Candidate:
+    return min(medians, key=medians.get)
+
+
+def run_probe(
+    *,
+    precision: str,
+    channels_last: bool | None,
+    compile: bool | None,
+    device: torch.device,
+    key_fields: dict[str, Any],
+    batch_size: int,
+    make_step: Callable[[Candidate, int], Callable[[], None]],
+    run_steps: int,
+    time_budget: float = 0.0,
+    enabled: bool = True,
+    path: Path | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> ProbeResult:
+    """Settle the auto values: explicit ones win, a cached answer is reused, else measure.
+
+    key_fields: model, opts, batch_size, micro_batch_size, input_shape (what the speed depends on).
+    make_step(candidate, batch) -> a function running one real training step of that candidate on a
+    batch of that many images. A step too slow for the allowance to time every candidate at the full
+    batch is timed on halves of it (the ranking, not the absolute speed, is what the probe is for).
+    run_steps: optimizer steps of the planned run (sizes the allowance when there is no time_budget).
+    With a time_budget the chosen candidate's speed is always measured (the plan needs it).
+    """
+    path = path or cache_path()
+    name = device_name(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    limit = min(MAX_SECONDS, RUN_SHARE * time_budget) if time_budget else MAX_SECONDS
+    compile_s = compile_seconds(device, path) if compile is None and enabled else None
+    # compile is a candidate only where its one-time cost, measured on this machine before, fits
+    allow_compile = compile_s is not None and compile_s <= 0.5 * limit
+    cands = candidates(precision, channels_last, compile, device, allow_compile=allow_compile)
+    started = clock()
+
+    def speed_of(candidate: Candidate) -> float | None:
+        if not time_budget:
+            return None
+        step = {candidate: make_step(candidate, batch_size)}
+        medians, _, _ = measure(step, limit_s=lambda s: 1.5 * (WARMUP_STEPS + MIN_TIMED) * s, clock=clock, sync=sync)
+        return batch_size / medians[candidate]
+
+    auto = len(cands) > 1  # an auto value with a single candidate (compile not affordable) is no choice
+    if not auto or not enabled:
+        choice = cands[0]  # the explicit values, or the static fallback for the auto ones
+        rate = speed_of(choice)
+        result = ProbeResult(choice, "fixed" if not auto else "skipped", rate,
+                             {choice.name: round(rate, 1)} if rate else {}, clock() - started, name)
+        return with_compile(result, device, key_fields, run_steps, time_budget, path) if compile is None and enabled \
+            else result
+    key = cache_key(device, candidates=cands, **key_fields)
+    hit = read_cache(key, path)
+    if hit:
+        try:
+            choice = Candidate(**hit["choice"])
+        except (TypeError, KeyError):
+            choice = None  # an entry of an older layout: measure again
+        if choice is not None:
+            rate = hit.get("img_per_s") or speed_of(choice)  # measured on a slice: the plan needs the batch's
+            result = ProbeResult(choice, "cache", rate, dict(hit.get("measured", {})), clock() - started, name,
+                                 str(path), hit.get("batch"))
+            return with_compile(result, device, key_fields, run_steps, time_budget, path) if compile is None else result
+    # A scout step on a small slice tells how long a full step takes, hence the allowance, and the
+    # largest power-of-2 slice of the batch at which every candidate can be timed within it.
+    scout_batch = min(batch_size, SCOUT_BATCH)
+    scout = make_step(cands[0], scout_batch)
+    for _ in range(WARMUP_STEPS):
+        t0 = clock()
+        scout()
+        sync()
+        per_image = (clock() - t0) / scout_batch
+    allowance = min(limit, RUN_SHARE * (time_budget or run_steps * per_image * batch_size))
+    per_step = (allowance - (clock() - started)) / (WARMUP_STEPS + (len(cands) - 1) * OTHER_WARMUP
+                                                     + len(cands) * MIN_TIMED)
+    batch = batch_size
+    while batch // 2 >= MIN_PROBE_BATCH and per_image * batch > per_step:
+        batch //= 2
+    complete = per_image * batch <= per_step
+    medians = {cands[0]: per_image * batch}
+    if complete:
+        medians, _, complete = measure({c: make_step(c, batch) for c in cands}, clock=clock, sync=sync,
+                                       limit_s=lambda step_s: allowance - (clock() - started))
+    rates = {c.name: round(batch / s, 1) for c, s in medians.items()}
+    choice = choose(medians) if complete else cands[0]
+    rate = rates[choice.name] * (1.0 if batch == batch_size else float("nan"))
+    if time_budget and (batch != batch_size or not complete):
+        rate = speed_of(choice)  # the plan needs the speed at the real batch, not a slice's or a scout's
+    if not complete:
+        return ProbeResult(choice, "too short", rate, rates, clock() - started, name, batch=batch)
+    result = ProbeResult(choice, "measured", rate if rate == rate else None, rates, clock() - started, name,
+                         str(path), batch=batch if batch != batch_size else None)
+    write_cache(key, {"choice": asdict(choice), "img_per_s": result.img_per_s, "measured": rates,
+                      "seconds": round(result.seconds, 2), "batch": result.batch, "date": time.strftime("%Y-%m-%d")}, path)
+    return with_compile(result, device, key_fields, run_steps, time_budget, path) if compile is None else result
