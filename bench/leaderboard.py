@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.machine import machine_summary  # noqa: E402
+from bench.quality import settings_sha256  # noqa: E402
 from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json, sha256_file  # noqa: E402
 from pipeline.ensemble import combine, correct_count  # noqa: E402
 from pipeline.info import markdown_table  # noqa: E402
@@ -48,8 +49,14 @@ def run_recipe(args, config: str, seed: int, results_dir: Path) -> dict:
     out = results_dir / f"{run}.json"
     if out.is_file() and not args.rerun:
         result = read_json(out)
-        if (result.get("config_sha256") == sha256_file(REPO / config)
-                and (REPO / args.runs_dir / run / "predict.json").is_file()):
+        settings = settings_sha256(REPO / config)
+        # Same settings (older figures carry only the file's sha256: then the file must be unchanged).
+        same = (result.get("settings_sha256") == settings if "settings_sha256" in result
+                else result.get("config_sha256") == sha256_file(REPO / config))
+        if same and (REPO / args.runs_dir / run / "predict.json").is_file():
+            if "settings_sha256" not in result:
+                result["settings_sha256"] = settings  # recorded now, while the file still matches
+                atomic_write_json(out, result)
             print(f"== {run}: figures of {result['date']} reused ({out})", flush=True)
             return result
     cmd = [sys.executable, str(REPO / "bench" / "quality.py"), "--source", args.source, "--config", config,

@@ -90,7 +90,7 @@ def main() -> None:
     result = {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
         "machine": machine_summary(), "config": args.config, "run": run, "model": config.get("model"),
-        "config_sha256": sha256_file(REPO / args.config),
+        "config_sha256": sha256_file(REPO / args.config), "settings_sha256": settings_sha256(REPO / args.config),
         "seed": args.seed if args.seed is not None else config.get("seed", 0),
         "epochs": config.get("epochs"), "checkpoint": args.checkpoint, "train_args": args.train_arg,
         "final_val_acc": history.get("val_acc"), "best_val_acc": train_manifest["metrics"].get("best_val_acc"),
@@ -106,6 +106,15 @@ def main() -> None:
                                            f"{dt.date.today().isoformat()}-{platform.node()}-{run}.json")
     atomic_write_json(out, result)
     print(f"wrote {out}")
+
+
+def settings_sha256(config: Path) -> str:
+    """sha256 of a config's settings (its parsed keys and values): editing a comment changes the
+    file's sha256 but not the experiment, so it must not force a rerun."""
+    import hashlib
+
+    settings = yaml.safe_load(Path(config).read_text()) or {}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def tta_most_complete(levels: str) -> str:
