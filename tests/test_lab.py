@@ -149,7 +149,7 @@ TINY = {
     "base": {"model": "lenet5", "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4,
              "batch_size": 64, "epochs": 30, "schedule": "constant", "augment": "none", "workers": 0,
              "save_every": 1, "log_every": 5},
-    "scales": {"quick": {"data": {"competition": "digits", "limit": 400}, "cap": {"epochs": 3}, "seeds": 2},
+    "scales": {"quick": {"data": {"competition": "digits", "limit": 300}, "cap": {"epochs": 2}, "seeds": 2},
                "full": {"data": {"competition": "digits"}, "seeds": 1}},
     "experiments": [
         {"name": "bn", "title": "BatchNorm", "claim": "BN raised val accuracy", "variants": [
@@ -179,7 +179,7 @@ def test_quick_lab_writes_ours_vs_report_with_trends_and_figures(tiny_lab, tmp_p
     # 3 distinct configurations (no BN is shared by bn, l1-vs-l2's L2 and tsne), 2 seeds each
     assert len(list((folder / "runs").iterdir())) == 6
     bn_row = next(line for line in md.splitlines() if line.startswith("| no BN |"))
-    assert re.match(r"\| no BN \| 60\.00 \| \d+\.\d\d ± \d+\.\d\d \(n=2\) \| [+-]\d+\.\d\d \| 3/3 \|", bn_row)
+    assert re.match(r"\| no BN \| 60\.00 \| \d+\.\d\d ± \d+\.\d\d \(n=2\) \| [+-]\d+\.\d\d \| 2/2 \|", bn_row)
     assert re.search(r"Trend: BN raised val accuracy: report yes, ours (yes|no) \((agree|disagree)\)", md)
     assert "Trend: best ours L" in md and "the report gives no numbers here" in md
     assert "Machine: " in md and "cores" in md
@@ -201,25 +201,25 @@ def test_killed_lab_resumes_where_it_stopped(tiny_lab, tmp_path):
     spec = load_lab("tiny", tiny_lab)
     calls = []
 
-    def killed_after_two_epochs(cfg, on_epoch_end=None):
+    def killed_after_one_epoch(cfg, on_epoch_end=None):
         calls.append((cfg.run, cfg.resume))
 
         def hook(epoch, row):
             if on_epoch_end:
                 on_epoch_end(epoch, row)
-            if len(calls) == 1 and epoch == 2:
+            if len(calls) == 1 and epoch == 1:
                 raise KeyboardInterrupt
         return run_training(cfg, on_epoch_end=hook)
 
     with pytest.raises(KeyboardInterrupt):
-        run_lab(spec, "quick", sweeps_dir="sweeps", train_fn=killed_after_two_epochs)
+        run_lab(spec, "quick", sweeps_dir="sweeps", train_fn=killed_after_one_epoch)
     first = calls[0][0]
-    lab = run_lab(spec, "quick", sweeps_dir="sweeps", train_fn=killed_after_two_epochs)
+    lab = run_lab(spec, "quick", sweeps_dir="sweeps", train_fn=killed_after_one_epoch)
     # the interrupted trial continues from last.pt; nothing finished is trained again
     assert calls[1] == (first, True)
     assert len(calls) == 1 + 6 and len({run for run, _ in calls}) == 6
     metrics = (lab.runs_dir / first / "metrics.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in metrics[1:]] == ["1", "2", "3"]
+    assert [line.split(",")[0] for line in metrics[1:]] == ["1", "2"]
     collected = results.collect(lab)
     assert all(len(o.accs) == 2 and o.pending == 0 for outs in collected.values() for o in outs)
 
@@ -236,6 +236,24 @@ def test_diverged_runs_count_as_chance(tiny_lab, tmp_path):
     bn = {o.label: o for o in results.collect(lab)["bn"]}["BN"]
     assert bn.accs == [0.1, 0.1] and bn.diverged == 2  # digits: 10 classes
     assert results.ours_cell(bn) == "10.00 ± 0.00 (n=2, 2 diverged)"
+
+
+@pytest.fixture(scope="module")
+def tiny_digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits-data")
+    main(["data", "--competition", "digits", "--limit", "200", "--data-root", str(root)])
+    return root / "digits"
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_runs_end_to_end_on_tiny_data(name, labs_dir, tiny_digits, tmp_path):
+    """The first configuration of each preset, one epoch on 180 digits: models, optimizers, policies all build."""
+    main(["lab", name, "--scale", "quick", "--data", str(tiny_digits), "--labs-dir", str(labs_dir),
+          "--sweeps-dir", str(tmp_path), "--set", "epochs=1", "--set", "workers=0", "--max-points", "1",
+          "--seeds", "1", "--no-figures"])
+    rows = (tmp_path / f"lab-{name}-quick" / "results.csv").read_text().splitlines()[1:]
+    finished = [r for r in rows if r.split(",")[5] == "1"]  # column n: finished seeds
+    assert finished, rows
 
 
 # -- Fashion-MNIST from local idx files (no download on this machine) ---------------------------------

@@ -86,10 +86,12 @@ def write_outputs(lab, started: float | None = None, figures: bool = True) -> di
 @click.option("--labs-dir", default="configs/labs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--sweeps-dir", default="sweeps", show_default=True, type=click.Path(file_okay=False))
 @click.option("--max-points", type=int, default=None, help="Train at most this many configurations in this call.")
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Seeds per configuration [the preset's for this scale]; bound to the lab folder once run.")
 @click.option("--report-only", is_flag=True, help="Only rewrite results.md and report.html from the runs so far.")
 @click.option("--no-figures", is_flag=True, help="Skip report.html (results.md only).")
 @click.option("--list", "list_only", is_flag=True, help="List the presets and their experiments.")
-def command(name, scale, data, sets, labs_dir, sweeps_dir, max_points, report_only, no_figures, list_only):
+def command(name, scale, data, sets, labs_dir, sweeps_dir, max_points, seeds, report_only, no_figures, list_only):
     """Run a course lab's experiments and put our numbers beside the report's."""
     from pipeline.lab.run import LabRun, lab_folder, prepare_data, run_lab
     from pipeline.lab.spec import list_labs, load_lab
@@ -107,15 +109,19 @@ def command(name, scale, data, sets, labs_dir, sweeps_dir, max_points, report_on
     spec = load_lab(name, labs_dir)
     overrides = parse_sets(sets)
     started = time.time()
+    seeds = seeds or spec.scale(scale).seeds
     if report_only:
-        lab = LabRun(spec, scale, lab_folder(name, scale, sweeps_dir), prepare_data(spec, scale, data), overrides)
+        lab = LabRun(spec, scale, lab_folder(name, scale, sweeps_dir), prepare_data(spec, scale, data), overrides,
+                     seeds)
         if not lab.folder.is_dir():
             raise PipelineError(f"{lab.folder}: the lab has not been run at this scale")
     else:
         try:
-            lab = run_lab(spec, scale, sweeps_dir=sweeps_dir, data=data, overrides=overrides, max_points=max_points)
+            lab = run_lab(spec, scale, sweeps_dir=sweeps_dir, data=data, overrides=overrides, max_points=max_points,
+                          seeds=seeds)
         except KeyboardInterrupt:
-            lab = LabRun(spec, scale, lab_folder(name, scale, sweeps_dir), prepare_data(spec, scale, data), overrides)
+            lab = LabRun(spec, scale, lab_folder(name, scale, sweeps_dir), prepare_data(spec, scale, data), overrides,
+                         seeds)
             write_outputs(lab, started, figures=False)
             raise
     write_outputs(lab, started, figures=not no_figures)

@@ -111,7 +111,7 @@ def _slug(text: str) -> str:
 
 def render_page(lab: LabRun, collected: dict[str, list[results.Outcome]], machine: str) -> str:
     spec, sc = lab.spec, lab.spec.scale(lab.scale)
-    summary = [("scale", lab.scale), ("data", lab.data), ("seeds", sc.seeds), ("report", spec.source),
+    summary = [("scale", lab.scale), ("data", lab.data), ("seeds", lab.seeds), ("report", spec.source),
                ("report's metric", spec.metric), ("machine", machine)]
     sections = []
     intro = Section(html="<p>" + html.escape(spec.title) + ". Accuracy in %; ours is the "

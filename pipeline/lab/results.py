@@ -68,7 +68,7 @@ def last_val_acc(run_dir: Path) -> float:
 
 def collect(lab: LabRun) -> dict[str, list[Outcome]]:
     """experiment name -> one Outcome per variant, in the preset's order."""
-    seeds = lab.spec.scale(lab.scale).seeds
+    seeds = lab.seeds
     floor = chance(lab)
     points = lab.spec.points(lab.scale)
     out: dict[str, list[Outcome]] = {}
@@ -170,12 +170,12 @@ def table_rows(outcomes: list[Outcome]) -> list[list[str]]:
 
 
 def results_markdown(lab: LabRun, collected: dict[str, list[Outcome]], machine: str) -> str:
-    spec, sc = lab.spec, lab.spec.scale(lab.scale)
+    spec = lab.spec
     lines = [
         f"# Lab {spec.name} ({lab.scale} scale)", "",
         f"{spec.title}. Report: {spec.source}.", "",
         f"Numbers are accuracy in %: the report's {spec.metric}; ours the {spec.ours} epoch's val accuracy of each run "
-        f"on `{lab.data}` ({sc.seeds} seed{'s' if sc.seeds > 1 else ''}: mean ± half the range). "
+        f"on `{lab.data}` ({lab.seeds} seed{'s' if lab.seeds > 1 else ''}: mean ± half the range). "
         f"Machine: {machine}.",
     ]
     if lab.scale != "full":

@@ -33,6 +33,7 @@ class LabRun:
     folder: Path
     data: str  # prepared data folder every point trains on
     overrides: dict[str, Any]  # --set, over every point (machine keys: device, workers, ...)
+    seeds: int  # seeds per point: the scale's, or --seeds
 
     @property
     def runs_dir(self) -> Path:
@@ -70,24 +71,23 @@ def prepare_data(spec: LabSpec, scale: str, data: str | None) -> str:
 
 
 def run_lab(spec: LabSpec, scale: str, *, sweeps_dir: str | Path = "sweeps", data: str | None = None,
-            overrides: dict[str, Any] | None = None, max_points: int | None = None,
+            overrides: dict[str, Any] | None = None, max_points: int | None = None, seeds: int | None = None,
             train_fn: Callable[..., dict] | None = None) -> LabRun:
     """Train every point of the lab at `scale` that is not finished (at most max_points this call)."""
     from pipeline.sweep.spec import SweepSpec
     from pipeline.sweep.study import run_sweep
 
-    sc = spec.scale(scale)
     lab = LabRun(spec, scale, lab_folder(spec.name, scale, sweeps_dir), prepare_data(spec, scale, data),
-                 dict(overrides or {}))
+                 dict(overrides or {}), seeds or spec.scale(scale).seeds)
     lab.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(lab.folder / "lab.yaml", yaml.safe_dump(
-        {"lab": spec.name, "preset": str(spec.path), "scale": scale, "data": lab.data, "seeds": sc.seeds,
+        {"lab": spec.name, "preset": str(spec.path), "scale": scale, "data": lab.data, "seeds": lab.seeds,
          "overrides": lab.overrides, "points": {p.name: lab.settings(p) for p in spec.unique_points(scale)}},
         sort_keys=False))
     points = spec.unique_points(scale)
     started = time.time()
     for i, point in enumerate(points[:max_points] if max_points else points, start=1):
-        sweep = SweepSpec(name=point.name, grid={"seed": list(range(sc.seeds))}, fixed=lab.settings(point),
+        sweep = SweepSpec(name=point.name, grid={"seed": list(range(lab.seeds))}, fixed=lab.settings(point),
                           out_dir=str(lab.runs_dir))
         log.info("lab %s [%s] point %d/%d %s", spec.name, scale, i, len(points), describe(spec, point, scale))
         try:
