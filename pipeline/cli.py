@@ -6,11 +6,11 @@ Commands are imported only when invoked, so `--help` stays fast and a stage's he
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 
 import click
 
+from pipeline import console
 from pipeline.errors import PipelineError
 
 # command name -> ("module:attribute" of its click.Command, one-line help shown by --help)
@@ -49,8 +49,7 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
     """Image-classification competitions: data -> train -> predict -> ensemble -> submit."""
-    level = logging.WARNING - 10 * min(verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    console.configure(verbose)  # plain lines: no "INFO pipeline.train.engine:" prefixes
 
 
 def main(argv: list[str] | None = None) -> None:

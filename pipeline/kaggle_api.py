@@ -124,8 +124,22 @@ def check_credentials() -> str:
         missing = "KAGGLE_KEY" if username else "KAGGLE_USERNAME"
     raise PipelineError(
         f"no Kaggle {missing}: set KAGGLE_USERNAME and KAGGLE_KEY, or save the kaggle.json from "
-        f"{TOKEN_URL} as {kaggle_config_dir() / 'kaggle.json'} (chmod 600)"
+        f"{TOKEN_URL} as {kaggle_json_where()} (chmod 600), or put an API token in KAGGLE_API_TOKEN "
+        f"or {home_kaggle / 'access_token'}"
     )
+
+
+def kaggle_json_where() -> str:
+    """Where kaggle.json goes, phrased as the client resolves it (kaggle 2.2.4, KaggleApi._load_config):
+    $KAGGLE_CONFIG_DIR if set, else ~/.kaggle, except on Linux while ~/.kaggle does not exist:
+    then $XDG_CONFIG_HOME/kaggle (default ~/.config/kaggle)."""
+    path = kaggle_config_dir() / "kaggle.json"
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return f"{path} ($KAGGLE_CONFIG_DIR)"
+    legacy = Path.home() / ".kaggle"
+    if path.parent != legacy:
+        return f"{path} (or {legacy / 'kaggle.json'}: the client reads ~/.config/kaggle only while ~/.kaggle does not exist)"
+    return str(path)
 
 
 # ---- the client ----------------------------------------------------------------------------

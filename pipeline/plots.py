@@ -36,6 +36,8 @@ def training_curves(rows: Sequence[dict[str, Any]]) -> bytes:
             if x:
                 ax.plot(x, y, style, marker="o", markersize=3, label=split.replace("_", " "))
         ax.set(xlabel="epoch", ylabel=label, title=label)
+        if metric == "loss":
+            ax.set_yscale("log")  # an early spike (val loss in the thousands) would flatten the rest
         ax.grid(alpha=0.3)
         ax.legend()
     return to_png(fig)
@@ -159,6 +161,8 @@ def compare_curves(histories: Sequence[tuple[str, Sequence[dict[str, Any]]]]) ->
             if x:
                 ax.plot(x, y, marker="o", markersize=3, label=name)
         ax.set(xlabel="epoch", ylabel=label, title=label)
+        if key.endswith("loss"):
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return to_png(fig)

@@ -1,7 +1,9 @@
 """Name -> builder registries (models, data sources, TTA levels, ...), in the style of timm."""
 from __future__ import annotations
 
-from typing import Callable, Iterator, TypeVar
+import difflib
+import os
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from pipeline.errors import PipelineError
 
@@ -28,7 +30,7 @@ class Registry:
             return self._items[name]
         except KeyError:
             raise PipelineError(
-                f"unknown {self.kind} '{name}'; choose from: {', '.join(self.names())}"
+                f"unknown {self.kind} '{name}'{did_you_mean(name, self.names())}; choose from: {', '.join(self.names())}"
             ) from None
 
     def names(self) -> list[str]:
@@ -39,3 +41,17 @@ class Registry:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
+    """" (did you mean 'x'?)" naming the closest candidates (case-insensitive), or "" when none is close."""
+    name = str(name).lower()
+    scored = []
+    for candidate in candidates:
+        ratio = difflib.SequenceMatcher(None, name, candidate.lower()).ratio()
+        prefix = len(os.path.commonprefix([name, candidate.lower()]))
+        scored.append((ratio, prefix, candidate))
+    scored.sort(key=lambda s: (-s[0], -s[1], s[2]))
+    # Only the near-best ones: "resnet21" suggests resnet20 and resnet32, not every resnet.
+    close = [c for ratio, _, c in scored[:n] if ratio >= 0.6 and ratio >= scored[0][0] - 0.05]
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""

@@ -71,6 +71,30 @@ def test_kaggle_json_credentials_are_found(fake, tmp_path, monkeypatch):
     assert kaggle_api.submission_limits(SLUG).num_allowed_now == 5
 
 
+def test_missing_credentials_name_the_paths_the_client_reads(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr("sys.platform", "linux")
+
+    def message() -> str:
+        with pytest.raises(PipelineError) as error:
+            kaggle_api.check_credentials()
+        return str(error.value)
+
+    # No ~/.kaggle on Linux: the client reads ~/.config/kaggle, yet ~/.kaggle/kaggle.json works too
+    # (saving it there creates ~/.kaggle, which the client then prefers).
+    assert (f"as {home / '.config' / 'kaggle' / 'kaggle.json'} (or {home / '.kaggle' / 'kaggle.json'}: "
+            "the client reads ~/.config/kaggle only while ~/.kaggle does not exist)") in message()
+    assert message().endswith(f"API token in KAGGLE_API_TOKEN or {home / '.kaggle' / 'access_token'}")
+    (home / ".kaggle").mkdir()
+    assert f"as {home / '.kaggle' / 'kaggle.json'} (chmod 600)" in message()
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
+    assert f"as {tmp_path / 'cfg' / 'kaggle.json'} ($KAGGLE_CONFIG_DIR) (chmod 600)" in message()
+
+
 def test_data_stage_with_kaggle_slug_end_to_end(fake, competition, tmp_path, capsys):
     files, made = competition
     code, out, err = run_cli(["data", "--kaggle", SLUG, "--competition", "tiny", "--data-root",

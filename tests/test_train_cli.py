@@ -50,10 +50,20 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     assert "best val accuracy" in result.output
 
 
+def test_augment_help_lists_every_policy():
+    from pipeline.augment import POLICIES
+
+    help_text = next(p.help for p in command.params if p.name == "augment")
+    missing = [name for name in POLICIES.names() if not re.search(rf"(^|[ ;:(]){re.escape(name)}\b", help_text)]
+    assert not missing, f"--augment help does not name {missing}"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--optimizer", "lamb"], "error: unknown optimizer 'lamb'; choose from: adagrad, adam"),
     (["--schedule", "poly"], "error: unknown schedule 'poly'; choose from:"),
-    (["--model", "resnet9000"], "error: unknown model 'resnet9000'; choose from:"),
+    (["--model", "resnet21"], "error: unknown model 'resnet21' (did you mean 'resnet20' or 'resnet32'?); choose from:"),
+    (["--model", "timm:resnet81"], "error: unknown timm model 'timm:resnet81' (did you mean 'timm:resnet18'"),
+    (["--augment", "standart"], "error: unknown augmentation policy 'standart' (did you mean 'standard'?); choose from:"),
     (["--milestones", "half"], "error: --milestones: expected comma-separated numbers"),
 ])
 def test_bad_names_are_one_line_errors(tmp_path, capsys, args, message):

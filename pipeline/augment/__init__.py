@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.augment.albu import WorkerTrainLoader, autoaugment_policy, lab_policy, randaugment_policy
-from pipeline.augment.fast import FastTrainLoader
+from pipeline.augment.fast import FLIP_MODES, FastTrainLoader
 from pipeline.augment.loaders import EvalLoader, TrainLoader
 from pipeline.errors import PipelineError
 from pipeline.registry import Registry
@@ -38,19 +38,25 @@ def _none(images, labels, *, cutout, workers, crop, **common) -> TrainLoader:
 
 @POLICIES.register("standard")
 def _standard(images, labels, *, cutout, workers, crop, **common) -> TrainLoader:
-    return FastTrainLoader(images, labels, flip=True, **crop, **common)
+    return FastTrainLoader(images, labels, **_crop_flip(crop), **common)
 
 
 @POLICIES.register("standard+cutout")
 def _standard_cutout(images, labels, *, cutout, workers, crop, **common) -> TrainLoader:
     # 0 means the usual size: half the image side (16 on CIFAR-10, as in DeVries & Taylor).
     size = cutout or images.shape[1] // 2
-    return FastTrainLoader(images, labels, flip=True, cutout=size, **crop, **common)
+    return FastTrainLoader(images, labels, cutout=size, **_crop_flip(crop), **common)
+
+
+def _crop_flip(crop: dict) -> dict:
+    # flip_mode "none": the data's labels do not survive a mirror (digits, text); see pipeline.flips
+    flip = crop["flip_mode"] != "none"
+    return {**crop, "flip": flip, "flip_mode": crop["flip_mode"] if flip else "random"}
 
 
 @POLICIES.register("lab")
 def _lab(images, labels, *, cutout, workers, crop, **common) -> TrainLoader:
-    augment = lab_policy(images.shape[1], images.shape[2], pad=CROP_PAD)
+    augment = lab_policy(images.shape[1], images.shape[2], pad=CROP_PAD, hflip=crop["flip_mode"] != "none")
     return WorkerTrainLoader(images, labels, augment, workers=workers, **common)
 
 
@@ -88,15 +94,19 @@ def build_train_loader(
     """A shuffled, augmented TrainLoader for `policy`.
 
     workers: DataLoader processes for the per-sample policies (0 = in this process, for debugging);
-    the batched policies ignore it. crop_pad, pad_mode (zero|reflect), flip_mode (random|alternate):
-    the crop and flip of the standard policies. cutout: square size for "standard+cutout" (0 = half the image
+    the batched policies ignore it. crop_pad, pad_mode (zero|reflect), flip_mode (random|alternate|none):
+    the crop and flip of the standard policies; "none" also takes the mirror out of "lab". cutout: square size for "standard+cutout" (0 = half the image
     side); any other policy with cutout > 0 is an error rather than a silently ignored setting.
     """
     build = POLICIES.get(policy)
     if cutout and policy != "standard+cutout":
         raise PipelineError(f"cutout={cutout} is only used by policy 'standard+cutout', not '{policy}'")
     crop = {"pad": crop_pad, "pad_mode": pad_mode, "flip_mode": flip_mode}
-    if policy not in CROP_POLICIES and crop != {"pad": CROP_PAD, "pad_mode": "zero", "flip_mode": "random"}:
+    if flip_mode not in (*FLIP_MODES, "none"):
+        raise PipelineError(f"unknown flip mode '{flip_mode}'; choose from: {', '.join(FLIP_MODES)}, none")
+    # "none" is accepted everywhere (lab drops its mirror; the other policies never flip)
+    if policy not in CROP_POLICIES and (crop_pad, pad_mode, flip_mode) not in (
+            (CROP_PAD, "zero", "random"), (CROP_PAD, "zero", "none")):
         raise PipelineError(f"crop_pad/pad_mode/flip_mode are used by policies {', '.join(CROP_POLICIES)}, "
                             f"not '{policy}'")
     return build(images, labels, cutout=cutout, workers=workers, crop=crop, batch_size=batch_size,

@@ -26,9 +26,9 @@ WORKER_TIMEOUT_S = 300  # per batch; healthy batches take well under a second
 Augmenter = Callable[[np.ndarray, int], torch.Tensor]
 
 
-def lab_policy(height: int, width: int, pad: int = 4) -> Augmenter:
-    """In random order: vflip .10, hflip .15, padded random crop .15, affine (rotate +-45,
-    translate +-15%) .20, color jitter (.1, .1, .1, .05) .15; then random erasing .10."""
+def lab_policy(height: int, width: int, pad: int = 4, hflip: bool = True) -> Augmenter:
+    """In random order: vflip .10, hflip .15 (unless hflip=False), padded random crop .15, affine
+    (rotate +-45, translate +-15%) .20, color jitter (.1, .1, .1, .05) .15; then random erasing .10."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
     import albumentations as A
     import cv2
@@ -39,7 +39,7 @@ def lab_policy(height: int, width: int, pad: int = 4) -> Augmenter:
     transform = A.Compose([
         A.RandomOrder([
             A.VerticalFlip(p=0.10),
-            A.HorizontalFlip(p=0.15),
+            A.HorizontalFlip(p=0.15 if hflip else 0.0),  # p=0 keeps the draws of the other transforms
             A.Sequential([
                 A.PadIfNeeded(height + 2 * pad, width + 2 * pad, border_mode=cv2.BORDER_CONSTANT, fill=0),
                 A.RandomCrop(height, width),

@@ -60,7 +60,18 @@ def _builder(name: str):
         return MODELS.get("timm")
     if name == "timm":
         raise PipelineError("name a timm model as 'timm:<name>', e.g. timm:resnet18")
+    if name not in MODELS and _timm_has(name):
+        raise PipelineError(f"unknown model '{name}'; timm has it: use 'timm:{name}'")
     return MODELS.get(name)
+
+
+def _timm_has(name: str) -> bool:
+    """Whether timm knows `name` (imported only on this error path: it costs a second)."""
+    try:
+        import timm
+    except ImportError:
+        return False
+    return bool(timm.is_model(name))
 
 
 def parse_model_opts(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:

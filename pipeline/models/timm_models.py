@@ -6,13 +6,13 @@ for the data's H x W unless `img_size` is given.
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.models import register_model
+from pipeline.registry import did_you_mean
 
 
 @register_model("timm")
@@ -22,10 +22,9 @@ def timm_builder(timm_name: str, *, num_classes: int, in_chans: int, input_size=
     from timm.models import get_pretrained_cfg
 
     if not timm.is_model(timm_name):
-        close = difflib.get_close_matches(timm_name, timm.list_models(), n=8, cutoff=0.6)
-        hint = f"; close matches: {', '.join(close)}" if close else ""
-        raise PipelineError(f"unknown timm model '{timm_name}'{hint} "
-                            "(all names: python -c 'import timm; print(timm.list_models())')")
+        hint = did_you_mean(f"timm:{timm_name}", (f"timm:{n}" for n in timm.list_models()))
+        raise PipelineError(f"unknown timm model 'timm:{timm_name}'{hint}; all names: "
+                            "python -c 'import timm; print(timm.list_models())'")
     if "pretrained" in opts or "pretrained_cfg_overlay" in opts:
         raise PipelineError(f"timm:{timm_name}: pretrained weights are not supported (no downloads)")
     cfg = get_pretrained_cfg(timm_name)

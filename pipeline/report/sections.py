@@ -149,7 +149,9 @@ def augmented(ctx: RunContext) -> Section:
     cfg = ctx.config
     policy = cfg.get("augment", "standard")
     loader = build_train_loader(images, labels, policy=policy, batch_size=n, device=torch.device("cpu"),
-                                seed=int(cfg.get("seed", 0)), workers=0, cutout=int(cfg.get("cutout", 0)))
+                                seed=int(cfg.get("seed", 0)), workers=0, cutout=int(cfg.get("cutout", 0)),
+                                crop_pad=int(cfg.get("crop_pad", 4)), pad_mode=cfg.get("pad_mode", "zero"),
+                                flip_mode=cfg.get("flip_mode", "random"))  # as trained (config.yaml is resolved)
     loader.set_epoch(1)
     batch, batch_labels = next(iter(loader))
     nhwc = batch.permute(0, 2, 3, 1).contiguous().numpy()
