@@ -1,5 +1,5 @@
 """Advice in the user's own terms: a flag to add is `--resume` on the command line, but
-`TRAIN_ARGS=--resume` (or `RUN=NAME`) to someone who ran `make`, whose flags they never typed.
+`TRAIN_ARGS=--resume` (or `RUN=NAME`) to someone who ran `make`, who never typed the flags.
 
 GNU make exports MAKELEVEL to every recipe, so a stage knows that make started it without the
 Makefile having to say so.
@@ -18,10 +18,13 @@ def under_make() -> bool:
 
 
 def train_flag(flag: str, value: str | None = None) -> str:
-    """How to give the train stage `flag` (with `value`): '--run NAME' or, under make, 'RUN=NAME'."""
+    """How to give the train stage `flag` (with `value`): '--run NAME', and under make also the
+    variable that passes it: '--run NAME (make: RUN=NAME)'. Both, since the make running us may be
+    someone else's Makefile."""
+    cli = flag if value is None else f"{flag} {value}"
     if not under_make():
-        return flag if value is None else f"{flag} {value}"
+        return cli
     variable = MAKE_VARIABLES.get(flag)
     if variable and value is not None:
-        return f"{variable}={value}"
-    return f"TRAIN_ARGS={flag}" if value is None else f"TRAIN_ARGS='{flag} {value}'"
+        return f"{cli} (make: {variable}={value})"
+    return f"{cli} (make: TRAIN_ARGS={flag})" if value is None else f"{cli} (make: TRAIN_ARGS='{cli}')"

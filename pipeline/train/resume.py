@@ -15,6 +15,7 @@ import torch
 from pipeline.checkpoint import clean_state_dict, load_checkpoint
 from pipeline.config import config_dict
 from pipeline.errors import PipelineError
+from pipeline.hints import train_flag
 from pipeline.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -89,16 +90,16 @@ def check_resumable(path: Path, ckpt: dict, cfg: TrainConfig, model_kwargs: dict
     if ckpt["arch"] != cfg.model or ckpt["model_kwargs"] != model_kwargs:
         raise PipelineError(
             f"{path}: checkpoint is of model '{ckpt['arch']}' {ckpt['model_kwargs']}, not '{cfg.model}' "
-            f"{model_kwargs}; use another --run to start a new one")
+            f"{model_kwargs}; use another {train_flag('--run', 'NAME')} to start a new one")
     if ckpt.get("data", {}).get("split_sha256") != data_info["split_sha256"]:
         raise PipelineError(f"{path}: checkpoint was trained on another data split than "
-                            f"{data_info['root']}/split.npz; use another --run to start a new one")
+                            f"{data_info['root']}/split.npz; use another {train_flag('--run', 'NAME')} to start a new one")
     old, new = ckpt.get("config", {}), config_dict(cfg)
     changed = sorted(k for k in new if k not in RESUME_MAY_CHANGE and old.get(k) != new[k])
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
         raise PipelineError(f"{path}: the config differs from the checkpoint's ({diffs}); "
-                            "resume with the same settings or use another --run")
+                            f"resume with the same settings or use another {train_flag('--run', 'NAME')}")
     if old.get("epochs") != cfg.epochs:
         log.warning("resuming with epochs %s instead of %s: the lr schedule is rebuilt for the new length",
                     cfg.epochs, old.get("epochs"))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.data.dataset import PreparedData
 from pipeline.errors import PipelineError
+from pipeline.hints import train_flag
 from pipeline.run_layout import TRAIN_FILES, retired_dir, snapshot_name, staging_dir
 from pipeline.train.config import TrainConfig
 
@@ -76,13 +77,15 @@ def recover_swap(run_dir: Path) -> None:
 def check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
     if cfg.resume:
         if not (run_dir / "last.pt").is_file():
-            raise PipelineError(f"{run_dir / 'last.pt'}: not found, nothing to resume; drop --resume to start the run")
+            raise PipelineError(f"{run_dir / 'last.pt'}: not found, nothing to resume; drop "
+                                f"{train_flag('--resume')} to start the run")
         return
     recover_swap(run_dir)
     held = checkpoints_held(run_dir)
     if held and not (cfg.overwrite or cfg.replace):
-        raise PipelineError(f"{run_dir}: already holds {', '.join(held)}; pass --resume to continue that run, "
-                            "--overwrite to start it afresh, or --run NAME for a new one")
+        raise PipelineError(f"{run_dir}: already holds {', '.join(held)}; pass {train_flag('--resume')} to continue "
+                            f"that run, {train_flag('--overwrite')} to start it afresh, or {train_flag('--run', 'NAME')} "
+                            "for a new one")
 
 
 def fresh_run_dir(run_dir: Path, overwrite: bool) -> None:
