@@ -97,7 +97,7 @@ PREDICT_STALE := $(call stale,$(PREDICT_KEY),$(PREDICT_OPTS),$(PREDICT_VARS))
 ENSEMBLE_STALE := $(sort $(call stale,$(ENSEMBLE_KEY).runs,$(ENSEMBLE_RUNS),RUNS RUN) \
 	$(call stale,$(ENSEMBLE_KEY).opts,$(ENSEMBLE_OPTS),ENSEMBLE_ARGS))
 
-.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab demo smoke test test-gpu test-slow bench bench-models bench-engine bench-data quality leaderboard info zoo clean-demo
+.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab demo smoke test test-gpu test-slow bench bench-models bench-engine bench-step bench-data quality leaderboard info zoo clean-demo
 
 FORCE:
 
@@ -209,6 +209,9 @@ leaderboard: $(VENV_STAMP) ## The recipes that fit this machine + their greedy e
 
 bench-engine: $(VENV_STAMP) ## airbench94 steps through the engine vs a bare loop of the same maths (img/s ratio)
 	$(PY) bench/engine_overhead.py
+
+bench-step: $(VENV_STAMP) ## Per-step bookkeeping, item by item: optimizer for-loop/foreach/fused, EMA update, autocast
+	$(PY) bench/step_overhead.py
 
 bench-data: $(VENV_STAMP) ## Data stage + predict/ensemble/validate at Kaggle scale (50k train + 300k test PNGs in 7z): time, peak RSS
 	$(PY) bench/data_scale.py --json bench/results/data_scale.json $(BENCH_DATA_ARGS)
