@@ -55,7 +55,8 @@ def test_measure_keeps_within_its_allowance():
     clock = FakeClock()
     durations = {FP32_CL: 0.2, FP32_NCHW: 0.21, BF16_CL: 0.22, BF16_NCHW: 0.205}
     medians, spent, complete = probe.measure(clock.steps(durations), limit_s=lambda s: 5.0, clock=clock)
-    assert complete and spent <= 5.0
+    # the allowance is known (and counts) from the end of the first candidate's two warm-up steps
+    assert complete and spent <= 5.0 + probe.WARMUP_STEPS * 0.2
     assert all(clock.calls[c] >= probe.OTHER_WARMUP + probe.MIN_TIMED for c in durations)
 
 
@@ -150,12 +151,12 @@ def test_unprobed_auto_precision_is_never_emulated_bf16_on_a_cpu():
 
 def test_run_probe_times_a_slice_of_a_batch_too_slow_to_time_whole(tmp_path):
     clock = FakeClock()
-    durations = {FP32_CL: 2.0, FP32_NCHW: 2.2, BF16_CL: 1.0, BF16_NCHW: 2.4}  # seconds per 100 images
+    durations = {FP32_CL: 1.6, FP32_NCHW: 1.8, BF16_CL: 0.8, BF16_NCHW: 2.0}  # seconds per 100 images
     result = _run(tmp_path, clock, durations)
     assert result.source == "measured" and result.choice == BF16_CL and result.batch == 25
-    assert result.seconds <= probe.MAX_SECONDS + 2.4 * 0.25
-    assert result.measured[BF16_CL.name] == pytest.approx(100) and result.img_per_s is None  # a slice's rate
-    assert "bf16 channels_last 100 img/s (measured at batch 25" in result.line()
+    assert result.seconds <= probe.MAX_SECONDS + 2.0 * 0.25
+    assert result.measured[BF16_CL.name] == pytest.approx(125) and result.img_per_s is None  # a slice's rate
+    assert "bf16 channels_last 125 img/s (measured at batch 25" in result.line()
 
 
 def test_predict_auto_takes_the_precision_training_measured_on_this_device(tmp_path):

@@ -39,6 +39,7 @@ OTHER_WARMUP = 1  # untimed steps of the others: allocator, oneDNN/cuDNN primiti
 MIN_TIMED = 2  # timed steps a candidate needs for its median to count
 MAX_ROUNDS = 8
 DROP_FACTOR = 1.5  # a candidate this much slower than the best median cannot win: stop timing it
+SAFETY = 0.7
 SCOUT_BATCH = 32  # images in the scout step that sizes the probe
 MIN_PROBE_BATCH = 16  # below this a slice says little about the real batch: take the fallback
 COMPILE_KEY = "compile_seconds"  # cache entry: device -> seconds a compile took there (first step)
@@ -175,10 +176,12 @@ def measure(
         warm[first].append(timed(first))
     step_s = warm[first][-1]
     allowance = limit_s(step_s)
-    needed = clock() - start + ((len(names) - 1) * OTHER_WARMUP + len(names) * MIN_TIMED) * step_s
+    # limit_s is what is left of the allowance now (the warm-up above already spent)
+    needed = ((len(names) - 1) * OTHER_WARMUP + len(names) * MIN_TIMED) * step_s
     times: dict[Candidate, list[float]] = {c: [] for c in names}
     if needed > allowance:  # the warm-up is the only figure (of the first candidate)
         return {first: step_s}, clock() - start, False
+    timed_from = clock()
     for c in names[1:]:
         for _ in range(OTHER_WARMUP):
             warm[c].append(timed(c))  # one-time costs: not a figure to judge by
@@ -189,7 +192,7 @@ def measure(
         best = min(statistics.median(times[c]) for c in alive)
         alive = [c for c in alive if statistics.median(times[c]) <= DROP_FACTOR * best]
         next_round = sum(statistics.median(times[c]) for c in alive)
-        if clock() - start + next_round > allowance and all(len(times[c]) >= MIN_TIMED for c in alive):
+        if clock() - timed_from + next_round > allowance and all(len(times[c]) >= MIN_TIMED for c in alive):
             break
     medians = {c: statistics.median(times[c]) for c in names if times[c]}
     return medians, clock() - start, True
@@ -319,8 +322,9 @@ def run_probe(
         sync()
         per_image = (clock() - t0) / scout_batch
     allowance = min(limit, RUN_SHARE * (time_budget or run_steps * per_image * batch_size))
-    per_step = (allowance - (clock() - started)) / (WARMUP_STEPS + (len(cands) - 1) * OTHER_WARMUP
-                                                     + len(cands) * MIN_TIMED)
+    # the scout's per-image time at a small batch is a rough guide: keep a margin
+    per_step = SAFETY * (allowance - (clock() - started)) / (WARMUP_STEPS + (len(cands) - 1) * OTHER_WARMUP
+                                                              + len(cands) * MIN_TIMED)
     batch = batch_size
     while batch // 2 >= MIN_PROBE_BATCH and per_image * batch > per_step:
         batch //= 2
