@@ -75,6 +75,44 @@ def test_a_7z_source_reads_like_a_folder(tmp_path):
     np.testing.assert_array_equal(data.train_images, made["train"])
 
 
+@pytest.mark.parametrize("filters", [[{"id": "LZMA2"}], [{"id": "LZMA"}], None, [{"id": "BZIP2"}], [{"id": "COPY"}]],
+                         ids=["lzma2", "lzma", "bcj+lzma2-py7zr", "bzip2-py7zr", "copy-py7zr"])
+def test_7z_extraction_matches_py7zr_for_every_method(tmp_path, monkeypatch, filters):
+    """LZMA/LZMA2 folders are cut from one decompressed stream; other methods go through py7zr."""
+    from pipeline.data.archives import safe_extract
+
+    if filters and filters[0]["id"] in ("LZMA2", "LZMA"):
+        monkeypatch.setattr(py7zr.SevenZipFile, "extractall", lambda *a, **k: pytest.fail("not streamed"))
+    if filters:
+        filters = [{"id": getattr(py7zr, f"FILTER_{f['id']}")} for f in filters]
+    rng = np.random.default_rng(1)
+    files = {f"d/{i}.bin": rng.integers(0, 256, int(rng.integers(1, 5000)), dtype=np.uint8).tobytes()
+             for i in range(60)}
+    files["d/empty.txt"] = b""
+    archive = tmp_path / "a.7z"
+    with py7zr.SevenZipFile(archive, "w", filters=filters) as sz:
+        for name, data in files.items():
+            sz.writestr(data, name)
+    safe_extract(archive, tmp_path / "out")
+    assert {p.relative_to(tmp_path / "out").as_posix(): p.read_bytes()
+            for p in (tmp_path / "out").rglob("*") if p.is_file()} == files
+
+
+@pytest.mark.parametrize("filters", [[{"id": "LZMA2"}], None], ids=["streamed", "py7zr"])
+def test_damaged_7z_data_is_a_one_line_error(tmp_path, filters):
+    from pipeline.data.archives import safe_extract
+
+    archive = tmp_path / "a.7z"
+    with py7zr.SevenZipFile(archive, "w", filters=filters and [{"id": py7zr.FILTER_LZMA2}]) as sz:
+        for i in range(20):
+            sz.writestr(f"line {i}\n".encode() * 50, f"d/{i}.txt")
+    raw = bytearray(archive.read_bytes())
+    raw[40] ^= 0xFF  # inside the packed stream (after the 32-byte start header)
+    archive.write_bytes(raw)
+    with pytest.raises(PipelineError, match=r"^a\.7z: damaged"):
+        safe_extract(archive, tmp_path / "out", "a.7z")
+
+
 def _hostile_7z(path: Path, name: str) -> Path:
     """A 7z whose member is called `name`: py7zr refuses to write such names, a hostile tool does not.
     Written with a plain (unencoded) header, the name patched in and both header CRCs redone."""
@@ -316,9 +354,15 @@ def test_leftovers_of_live_owners_are_kept(tmp_path):
     other = final.with_name(f".other.work.{dead_pid}.xyz")
     for path in (mine, gone, other):
         (path / "sub").mkdir(parents=True)
+    legacy_old, legacy_new = final.with_name(".comp.work.k2j_x9ab"), final.with_name(".comp.building.a1b2c3d4")
+    for path in (legacy_old, legacy_new):
+        (path / "sub").mkdir(parents=True)
+    hour_ago = os.path.getmtime(legacy_old) - 2 * folders.LEGACY_IDLE_SECONDS
+    for path in (legacy_old / "sub", legacy_old):
+        os.utime(path, (hour_ago, hour_ago))
     removed = folders.recover(final)
-    assert removed == [gone]
-    assert mine.exists() and other.exists() and not gone.exists()
+    assert removed == [gone, legacy_old]
+    assert mine.exists() and other.exists() and legacy_new.exists() and not gone.exists()
 
 
 def test_exchange_swaps_two_folders_atomically(tmp_path):

@@ -8,6 +8,7 @@ headers are held to the Limits, whether or not the member would ever be read.
 """
 from __future__ import annotations
 
+import lzma
 import os
 import re
 import shutil
@@ -81,6 +82,108 @@ def _check_7z(sz, archive: str, limits: Limits) -> None:
                  archive, limits, extracted=True)
 
 
+_LZMA2, _LZMA = b"\x21", b"\x03\x01\x01"
+
+
+def _lzma_filters(coder: dict) -> list[dict] | None:
+    """The lzma module's raw filter chain for a 7z LZMA2/LZMA coder; None for any other method."""
+    props = coder.get("properties") or b""
+    if coder.get("method") == _LZMA2 and len(props) == 1 and props[0] <= 40:
+        bits = props[0]
+        dict_size = 0xFFFFFFFF if bits == 40 else (2 | (bits & 1)) << (bits // 2 + 11)
+        return [{"id": lzma.FILTER_LZMA2, "dict_size": dict_size}]
+    if coder.get("method") == _LZMA and len(props) == 5 and props[0] < 9 * 5 * 5:
+        lc, rest = props[0] % 9, props[0] // 9
+        return [{"id": lzma.FILTER_LZMA1, "lc": lc, "lp": rest % 5, "pb": rest // 5,
+                 "dict_size": int.from_bytes(props[1:5], "little")}]
+    return None
+
+
+def _extract_7z_streams(sz, target: Path, label: str) -> bool:
+    """Extract a 7z of plain LZMA/LZMA2 folders (what Kaggle serves) by decompressing each folder as
+    one stream with the lzma module and cutting it into files by their sizes, checking each file's
+    CRC. py7zr's own extraction costs about 1 ms a file: 5 minutes for 300,000 small PNGs.
+    Returns False, having written nothing, for any other kind of 7z (py7zr extracts those)."""
+    streams = sz.header.main_streams
+    if streams is None or streams.unpackinfo is None:
+        return False
+    folders, pack = streams.unpackinfo.folders, streams.packinfo
+    filters = [_lzma_filters(f.coders[0]) if len(f.coders) == 1 and len(f.packed_indices) == 1 else None
+               for f in folders]
+    if None in filters or len(pack.packsizes) != len(folders):
+        return False
+    counts = streams.substreamsinfo.num_unpackstreams_folders if streams.substreamsinfo else [1] * len(folders)
+    members = [f for f in sz.files if not f.emptystream]
+    if sum(counts) != len(members):
+        return False
+    made: set[Path] = set()
+
+    def create(name: str) -> Path:
+        path = target / name
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        return path
+
+    for f in sz.files:
+        if f.emptystream:
+            if f.is_directory:
+                create(f.filename + "/x").parent.mkdir(parents=True, exist_ok=True)
+            else:
+                create(f.filename).write_bytes(b"")
+    first = 0
+    for index, folder in enumerate(folders):
+        group, first = members[first:first + counts[index]], first + counts[index]
+        sz.fp.seek(sz.afterheader + pack.packpositions[index])
+        _cut_stream(sz.fp, pack.packsizes[index], lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters[index]),
+                    group, create, label)
+    return True
+
+
+def _cut_stream(fp, packed: int, decompressor, group, create, label: str) -> None:
+    """Decompress `packed` bytes of `fp` and write them out as the files of `group`, in order."""
+    members = iter(group)
+    member, left, crc, out = None, 0, 0, None
+
+    def pieces():
+        remaining = packed
+        while remaining > 0:
+            block = fp.read(min(1 << 20, remaining))
+            if not block:
+                break
+            remaining -= len(block)
+            yield decompressor.decompress(block, max_length=1 << 22)
+            while not decompressor.needs_input and not decompressor.eof:
+                yield decompressor.decompress(b"", max_length=1 << 22)
+
+    try:
+        for data in pieces():
+            view = memoryview(data)
+            while view:
+                if member is None:
+                    member = next(members, None)
+                    if member is None:
+                        raise PipelineError(f"{label}: damaged archive (more data than its files hold)")
+                    left, crc, out = int(member.uncompressed), 0, open(create(member.filename), "wb")
+                piece, view = view[:left], view[left:]
+                out.write(piece)
+                crc, left = zlib.crc32(piece, crc), left - len(piece)
+                if left == 0:
+                    out.close()
+                    if member.crc32 is not None and crc != member.crc32:
+                        raise PipelineError(f"{label}: damaged archive (CRC mismatch in {member.filename})")
+                    member = None
+    except (lzma.LZMAError, EOFError) as e:
+        raise PipelineError(f"{label}: damaged archive ({e})") from None
+    finally:
+        if out is not None and not out.closed:
+            out.close()
+    for rest in ([member] if member is not None else []) + list(members):
+        if rest is member or int(rest.uncompressed):
+            raise PipelineError(f"{label}: damaged or truncated archive (its data ends before its files do)")
+        create(rest.filename).write_bytes(b"")  # a 0-byte file at the end of a stream
+
+
 def _head(path: Path, n: int = 8) -> bytes:
     with open(path, "rb") as f:
         return f.read(n)
@@ -120,7 +223,8 @@ def safe_extract(archive: Path, target: Path, label: str | None = None, limits: 
     limits = limits or Limits()
     target.mkdir(parents=True, exist_ok=True)
     kind = archive_kind(archive, label)
-    errors: tuple[type[BaseException], ...] = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error)
+    errors: tuple[type[BaseException], ...] = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error,
+                                               lzma.LZMAError)
     try:
         if kind == "zip":
             with zipfile.ZipFile(archive) as zf:
@@ -140,7 +244,8 @@ def safe_extract(archive: Path, target: Path, label: str | None = None, limits: 
                 if sz.needs_password():
                     raise PipelineError(f"{label}: the 7z archive is encrypted; extract it with its password first")
                 _check_7z(sz, label, limits)
-                sz.extractall(target)
+                if not _extract_7z_streams(sz, target, label):
+                    sz.extractall(target)
         else:
             raise PipelineError(f"{label}: not a zip, tar or 7z archive")
     except errors as e:

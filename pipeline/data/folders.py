@@ -5,7 +5,8 @@ atomic step (Linux renameat2 RENAME_EXCHANGE): at every instant NAME is the old 
 or the new one. Where the exchange is not available, the old folder is renamed to
 `.NAME.old.<pid>` first and the new one renamed in; a run that finds NAME missing and such a
 folder left behind puts it back. Scratch folders (`.NAME.work.<pid>.<random>`) carry their
-owner's pid too, so the next run removes what killed runs left, and nothing of a live run.
+owner's pid too, so the next run removes what killed runs left, and nothing of a live run
+(leftovers named before pids were, which have no owner to ask, once untouched for an hour).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 KINDS = ("building", "work", "old")
+LEGACY_IDLE_SECONDS = 3600
 
 
 def _umask() -> int:
@@ -95,6 +98,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _idle_seconds(path: Path) -> float:
+    """Seconds since anything in the folder tree was last modified."""
+    newest = path.stat().st_mtime
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in (*dirnames, *filenames):
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+    return time.time() - newest
+
+
 def recover(final: Path) -> list[Path]:
     """Put back a folder a killed non-atomic swap left renamed away; remove dead runs' leftovers.
 
@@ -104,9 +117,15 @@ def recover(final: Path) -> list[Path]:
     if not final.parent.is_dir():
         return []
     pattern = re.compile(rf"^\.{re.escape(final.name)}\.({'|'.join(KINDS)})\.(\d+)(?:\..*)?$")
+    # Before owners' pids were in the names: mkdtemp's 8 random characters only.
+    legacy = re.compile(rf"^\.{re.escape(final.name)}\.(building|work)\.[A-Za-z0-9_]{{8}}$")
     removed = []
     for path in sorted(final.parent.iterdir()):
         m = pattern.match(path.name)
+        if m is None and legacy.match(path.name) and _idle_seconds(path) > LEGACY_IDLE_SECONDS:
+            shutil.rmtree(path, ignore_errors=True)  # no owner to ask: untouched for an hour is abandoned
+            removed.append(path)
+            continue
         if not m or _alive(int(m.group(2))):
             continue
         if m.group(1) == "old" and not final.exists():

@@ -1,14 +1,15 @@
 """Image files -> one uint8 NHWC array (in memory or a .npy memmap), and per-channel statistics.
 
-At Kaggle scale (300,000 test PNGs) the array is preallocated as a .npy memmap and filled by
-forked worker processes, each decoding a slice of the files and writing its rows in place, so
-peak memory stays near the array's size and no process holds a copy of it.
+At Kaggle scale (300,000 test PNGs) the .npy file is laid out first and filled by forked worker
+processes, each decoding a chunk of files and writing its rows in place (pwrite), so no process
+holds more than a chunk of the array; the caller gets a read-only memmap of the result.
 """
 from __future__ import annotations
 
 import io
 import logging
 import os
+import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ SAMPLE = 256
 # Below this many images a worker pool costs more than it saves.
 PARALLEL_MIN = 2000
 CHUNK = 1000
+PROGRESS_SECONDS = 15
 
 
 class Readable(Protocol):
@@ -151,41 +153,50 @@ def _decode_all(
     from tqdm import tqdm
 
     shape = (len(names), *size, 1 if mode == "L" else 3)
+    out, offset = None, 0
     if dest is not None:
-        out = np.lib.format.open_memmap(dest, mode="w+", dtype=np.uint8, shape=shape)
+        # The file is laid out (header, then zeros: sparse) and rows are written into it with pwrite,
+        # a chunk at a time: no process maps it, so the rows live in the page cache, not in anyone's RSS.
+        layout = np.lib.format.open_memmap(dest, mode="w+", dtype=np.uint8, shape=shape)
+        offset = layout.offset
+        del layout
     else:
         out = np.empty(shape, np.uint8)
     chunks = [(s, min(s + CHUNK, len(names))) for s in range(0, len(names), CHUNK)]
     parallel = dest is not None and workers > 1 and len(names) >= PARALLEL_MIN and _can_fork()
     tally = _Tally()
-    _JOB.update(files=files, names=names, mode=mode, size=tuple(size), out=None if parallel else out, dest=dest)
+    _JOB.update(files=files, names=names, mode=mode, size=tuple(size), row=shape[1:], out=out, dest=dest,
+                offset=offset)
     pool = None
     try:
         if parallel:
             import multiprocessing
 
-            del out  # each worker maps the file itself; the parent touches none of its pages
             # Forked before the progress bar starts its monitor thread (fork and threads do not mix).
             pool = multiprocessing.get_context("fork").Pool(min(workers, len(chunks)))
             parts = pool.imap_unordered(_decode_chunk, chunks)
         else:
             parts = map(_decode_chunk, chunks)
         with tqdm(total=len(names), desc=desc, unit="img", disable=None, leave=False, smoothing=0.1) as bar:
+            last = time.monotonic()
             for part, n in parts:
                 _raise_if_error(part)
                 tally.merge(part)
                 bar.update(n)
+                if bar.disable and time.monotonic() - last > PROGRESS_SECONDS:
+                    # No terminal (make, CI, a log file): a line now and then instead of the bar.
+                    last = time.monotonic()
+                    log.info("%s: %s of %s images decoded", desc, f"{bar.n:,}", f"{len(names):,}")
         if pool is not None:
             pool.close()
             pool.join()
-            out = np.load(dest, mmap_mode="r")
-        elif dest is not None:
-            out.flush()
     finally:
         if pool is not None:
             pool.terminate()
+        if _JOB.get("fd_pid") == os.getpid():
+            os.close(_JOB["fd"])
         _JOB.clear()
-    return out, tally
+    return (np.load(dest, mmap_mode="r") if dest is not None else out), tally
 
 
 def _can_fork() -> bool:
@@ -199,13 +210,25 @@ def _raise_if_error(part) -> None:
         raise part
 
 
+def _write_rows(start: int, rows: np.ndarray) -> None:
+    """Put decoded rows at their place: the in-memory array, or the .npy file (one fd per process)."""
+    if _JOB["out"] is not None:
+        _JOB["out"][start:start + len(rows)] = rows
+        return
+    if _JOB.get("fd_pid") != os.getpid():  # first write of this (possibly forked) process
+        _JOB["fd"], _JOB["fd_pid"] = os.open(_JOB["dest"], os.O_WRONLY), os.getpid()
+    data = memoryview(np.ascontiguousarray(rows)).cast("B")
+    position = _JOB["offset"] + start * int(np.prod(_JOB["row"]))
+    while data:
+        written = os.pwrite(_JOB["fd"], data, position)
+        data, position = data[written:], position + written
+
+
 def _decode_chunk(bounds: tuple[int, int]):
     """Decode names[start:stop] into the output rows; a PipelineError is returned, not raised, from workers."""
     start, stop = bounds
     files, names, mode, size = _JOB["files"], _JOB["names"], _JOB["mode"], _JOB["size"]
-    out = _JOB["out"]
-    if out is None:  # a forked worker: map the file once per process
-        out = _JOB["out"] = np.load(_JOB["dest"], mmap_mode="r+")
+    rows = np.zeros((stop - start, *_JOB["row"]), np.uint8)
     tally = _Tally()
     try:
         with warnings.catch_warnings():
@@ -216,10 +239,10 @@ def _decode_chunk(bounds: tuple[int, int]):
                 tally.add(i, (img.height, img.width), _family(img))
                 if (img.height, img.width) != size:
                     continue  # reported once all sizes are counted, with the majority
-                arr = _to_array(img, mode, files.where(names[i]))
-                out[i] = arr.reshape(out.shape[1:])
+                rows[i - start] = _to_array(img, mode, files.where(names[i])).reshape(rows.shape[1:])
     except PipelineError as e:
         return e, stop - start
+    _write_rows(start, rows)
     return tally, stop - start
 
 
