@@ -114,18 +114,18 @@ def test_run_probe_explicit_values_win_and_no_probe_takes_the_fallback(tmp_path)
     assert timed.img_per_s == pytest.approx(100 / 0.3) and set(clock.calls) == {FP32_NCHW}
 
 
-def test_run_probe_compile_is_a_candidate_only_where_a_measured_compile_fits(tmp_path):
+def test_run_probe_never_times_compile_itself_but_takes_it_from_measured_speeds(tmp_path):
     path = tmp_path / "probe.json"
     clock = FakeClock()
     durations = {c: 0.1 for c in probe.candidates("fp32", True, None, CPU, allow_compile=True)}
-    no_record = _run(tmp_path, clock, durations, precision="fp32", channels_last=True)
-    assert no_record.source == "fixed" and not no_record.choice.compile  # cost unknown here: not tried
-    probe.record_compile_seconds(CPU, 60.0, path)
-    assert _run(tmp_path, clock, durations, precision="fp32", channels_last=True).source == "fixed"  # 60 s > cap
+    plain = _run(tmp_path, clock, durations, precision="fp32", channels_last=True)
+    assert plain.source == "fixed" and not plain.choice.compile and not clock.calls  # nothing to time
     probe.record_compile_seconds(CPU, 2.0, path)
-    durations[Candidate("fp32", True, True)] = 0.05
+    probe.record_speeds(CPU, {"model": "m", "model_opts": {}, "batch_size": 100, "micro_batch_size": 0,
+                              "input_shape": (3, 32, 32)},
+                        {"fp32 channels_last": 1000.0, "fp32 channels_last compile": 2000.0}, path)
     fast = _run(tmp_path, clock, durations, precision="fp32", channels_last=True)
-    assert fast.source == "measured" and fast.choice == Candidate("fp32", True, True)
+    assert fast.choice == Candidate("fp32", True, True) and "2.00x" in fast.compile_note and not clock.calls
 
 
 def test_cache_path_follows_env_then_xdg(monkeypatch, tmp_path):

@@ -279,10 +279,9 @@ def run_probe(
     name = device_name(device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     limit = min(MAX_SECONDS, RUN_SHARE * time_budget) if time_budget else MAX_SECONDS
-    compile_s = compile_seconds(device, path) if compile is None and enabled else None
-    # compile is a candidate only where its one-time cost, measured on this machine before, fits
-    allow_compile = compile_s is not None and compile_s <= 0.5 * limit
-    cands = candidates(precision, channels_last, compile, device, allow_compile=allow_compile)
+    # compile is never timed inside the allowance (a compile per candidate would take it all): with
+    # compile auto, with_compile decides from speeds measured with it on this machine (make bench)
+    cands = candidates(precision, channels_last, compile, device, allow_compile=False)
     started = clock()
 
     def speed_of(candidate: Candidate) -> float | None:
