@@ -165,7 +165,7 @@ def test_a_run_falling_behind_ends_its_schedule_sooner_on_time_and_annealed(tmp_
     from pipeline.train import engine
 
     real = engine.build_train_loader
-    monkeypatch.setattr(engine, "build_train_loader", lambda *a, **kw: _SlowLoader(real(*a, **kw), 0.02))
+    monkeypatch.setattr(engine, "build_train_loader", lambda *a, **kw: _SlowLoader(real(*a, **kw), 0.1))
     data = make_prepared(tmp_path / "tiny", n_train=160)
     budget = 4.0
     summary = engine.run_training(tiny_config(data, tmp_path, time_budget=budget, epochs=1, min_lr=0.0,
