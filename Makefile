@@ -180,11 +180,11 @@ demo: $(VENV_STAMP) ## The whole chain offline on scikit-learn's digits, ending 
 	$(MAKE) --no-print-directory submit COMPETITION=digits MODEL=resnet20 EPOCHS=$(if $(filter command line,$(origin EPOCHS)),$(EPOCHS),15) \
 		RUN=digits-resnet20 TTA=none SUBMISSION=submissions/digits-predictions.csv SUBMIT_ARGS=--dry-run
 
-smoke: $(VENV_STAMP) ## The chain on a 1,000-image subset of the shared CIFAR-10 bundle
+smoke: $(VENV_STAMP) ## The chain on a 1,000-image subset of the shared CIFAR-10 bundle (configs/smoke.yaml)
 	@test -f $(SHARED_BUNDLE) || { echo "smoke: $(SHARED_BUNDLE) not found (the shared CIFAR-10 bundle)"; exit 1; }
 	$(MAKE) --no-print-directory submit COMPETITION=cifar10-smoke SOURCE=$(SHARED_BUNDLE) LIMIT=1000 \
-		MODEL=resnet20 EPOCHS=$(if $(filter command line,$(origin EPOCHS)),$(EPOCHS),3) RUN=cifar10-smoke-resnet20 \
-		SUBMISSION=submissions/smoke-predictions.csv SUBMIT_ARGS=--dry-run
+		MODEL=resnet20 CONFIG=configs/smoke.yaml $(if $(filter command line,$(origin EPOCHS)),EPOCHS=$(EPOCHS)) \
+		RUN=cifar10-smoke-resnet20 SUBMISSION=submissions/smoke-predictions.csv SUBMIT_ARGS=--dry-run
 
 test: $(VENV_STAMP) ## Run the test suite
 	$(PY) -m pytest -q
