@@ -123,6 +123,8 @@ def test_trend_line_of_a_claim():
     assert results.trend(exp, disagree) == "augmentation raised val accuracy: report yes, ours no (disagree)"
     noisy = [outcome("none", 0.657, [0.50, 0.60]), outcome("crop+flip", 0.7286, [0.56, 0.57])]
     assert results.trend(exp, noisy).endswith("(agree); our difference is within the seed spread")
+    tie = [outcome("none", 0.657, [0.44]), outcome("crop+flip", 0.7286, [0.44])]
+    assert results.trend(exp, tie) == "augmentation raised val accuracy: report yes, ours tie"
     pending = [outcome("none", 0.657, []), outcome("crop+flip", 0.7286, [0.6])]
     assert results.trend(exp, pending) == "augmentation raised val accuracy: report yes, ours -"
 
@@ -132,6 +134,7 @@ def test_trend_line_of_an_ordering():
     rows = [outcome("lr 0.001", 0.683, [0.4]), outcome("lr 0.01", 0.74, [0.6]), outcome("lr 1", 0.1054, [0.5])]
     # pairs: (0.001, 0.01) agree, (0.001, 1) report 0.683 > 0.1054 but ours 0.4 < 0.5, (0.01, 1) agree
     assert results.trend(exp, rows) == "best: report lr 0.01; ours lr 0.01; pairwise order agrees on 2/3 pairs"
+    assert results.trend(exp, rows[1:2]) == "report 74.00, ours 60.00"  # one variant: the two numbers
     no_report = [outcome("a", None, [0.4]), outcome("b", None, [0.6])]
     assert results.trend(exp, no_report) == "best ours b; the report gives no numbers here"
 

@@ -115,6 +115,9 @@ def trend(exp: Experiment, outcomes: list[Outcome]) -> str:
         if our in ("yes", "no") and spreads and abs(ours[b.label] - ours[a.label]) <= max(spreads):
             line += "; our difference is within the seed spread"
         return line
+    if len(outcomes) == 1:
+        o = outcomes[0]
+        return f"report {pct(o.report)}, ours {pct(o.mean)}"
     parts = []
     if theirs:
         parts.append(f"best: report {max(theirs, key=theirs.get)}")
@@ -133,6 +136,8 @@ def trend(exp: Experiment, outcomes: list[Outcome]) -> str:
 def _yes(new: float | None, old: float | None) -> str:
     if new is None or old is None:
         return "-"
+    if new == old:
+        return "tie"  # e.g. 200 val images at quick scale: a 0.5% grid
     return "yes" if new > old else "no"
 
 
