@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine_summary  # noqa: E402
 from bench.naive import naive_loader, naive_train_steps  # noqa: E402
-from bench.timing import sync, windows_img_per_s  # noqa: E402
+from bench.timing import round_robin, sync, windows_img_per_s  # noqa: E402
 from pipeline.artifacts import atomic_write_json, versions  # noqa: E402
 from pipeline.augment import build_train_loader  # noqa: E402
 from pipeline.models import create_model  # noqa: E402
@@ -125,14 +125,7 @@ def warm_up(streams: dict, device: torch.device) -> dict[str, float]:
 
 def timed_rounds(streams: dict, rounds: int, device: torch.device) -> dict[str, dict]:
     """img/s of one epoch of every stream per round, taking turns; the median over rounds."""
-    rates: dict[str, list[float]] = {name: [] for name in streams}
-    for _ in range(rounds):
-        for name, stream in streams.items():
-            sync(device)
-            t0 = time.perf_counter()
-            n = next(stream)
-            sync(device)
-            rates[name].append(n / (time.perf_counter() - t0))
+    rates = round_robin(streams, rounds, device)
     return {name: {"img_per_s": statistics.median(r), "min": min(r), "max": max(r), "windows": r}
             for name, r in rates.items()}
 

@@ -35,6 +35,20 @@ def windows_img_per_s(
     return {"img_per_s": statistics.median(rates), "min": min(rates), "max": max(rates), "windows": rates}
 
 
+def round_robin(streams: dict[str, Iterator[int]], rounds: int, device: torch.device) -> dict[str, list[float]]:
+    """img/s of one item of every stream per round, the streams taking turns (so a load change on a
+    shared machine hits all alike)."""
+    rates: dict[str, list[float]] = {name: [] for name in streams}
+    for _ in range(rounds):
+        for name, stream in streams.items():
+            sync(device)
+            t0 = time.perf_counter()
+            n = next(stream)
+            sync(device)
+            rates[name].append(n / (time.perf_counter() - t0))
+    return rates
+
+
 def forever(make_epoch: Callable[[int], Iterator[int]]) -> Iterator[int]:
     """Chain epochs 0, 1, 2, ... of an epoch generator into one endless stream of steps."""
     epoch = 0

@@ -17,7 +17,6 @@ import dataclasses
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -26,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.timing import sync  # noqa: E402
+from bench.timing import round_robin  # noqa: E402
 from pipeline.artifacts import atomic_write_text  # noqa: E402
 from pipeline.augment import build_train_loader  # noqa: E402
 from pipeline.models import create_model  # noqa: E402
@@ -64,15 +63,7 @@ def interleaved(streams: dict[str, Iterator[int]], rounds: int, device: torch.de
     """img/s of one epoch of every stream per round, after one warm-up epoch each."""
     for stream in streams.values():
         next(stream)
-    rates: dict[str, list[float]] = {name: [] for name in streams}
-    for _ in range(rounds):
-        for name, stream in streams.items():
-            sync(device)
-            start = time.perf_counter()
-            n = next(stream)
-            sync(device)
-            rates[name].append(n / (time.perf_counter() - start))
-    return rates
+    return round_robin(streams, rounds, device)
 
 
 def main(argv: list[str] | None = None) -> str:

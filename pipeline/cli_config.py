@@ -8,12 +8,12 @@ type-checked by `pipeline.config.resolve_config`, which names the key and the va
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from typing import Any, Callable, Iterable
 
 import click
 
+from pipeline.config import unwrap_optional
 from pipeline.errors import PipelineError
 
 
@@ -26,22 +26,14 @@ def setting(default: Any, help: str, *, choices: Iterable[str] | Callable[[], It
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def _unwrap_optional(hint: Any) -> Any:
-    """Optional[X] and X | None -> X."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return hint
-
-
 def _base_type(hint: Any) -> Any:
-    hint = _unwrap_optional(hint)
+    hint = unwrap_optional(hint)
     return typing.get_origin(hint) or hint
 
 
 def _item_type(hint: Any) -> type:
     """list[str] -> str; a bare `list` holds numbers (betas, milestones, weights)."""
-    items = typing.get_args(_unwrap_optional(hint))
+    items = typing.get_args(unwrap_optional(hint))
     return items[0] if items else float
 
 

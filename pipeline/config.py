@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,16 +66,21 @@ _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str:
                list: "a list", tuple: "a list", dict: "a mapping"}
 
 
+def unwrap_optional(hint: Any) -> Any:
+    """Optional[X] and X | None -> X; any other hint unchanged."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return hint
+
+
 def _coerce(cls: type, field: dataclasses.Field, value: Any, origin: str) -> Any:
     """A YAML or CLI value as the field's type, or one line naming the file, key, type and value."""
-    hints = typing.get_type_hints(cls)
-    hint = hints.get(field.name)
-    base = typing.get_origin(hint) or hint
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if base in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
-        if value is None:
-            return None
-        hint, base = args[0], typing.get_origin(args[0]) or args[0]
+    hint = typing.get_type_hints(cls).get(field.name)
+    inner = unwrap_optional(hint)
+    if inner is not hint and value is None:
+        return None
+    base = typing.get_origin(inner) or inner
     try:
         return _as_type(base, value)
     except (TypeError, ValueError):

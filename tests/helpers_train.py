@@ -108,3 +108,21 @@ def tiny_config(data: Path, out_dir: Path, **overrides) -> TrainConfig:
     )
     base.update(overrides)
     return TrainConfig(**base)
+
+
+class WrappedLoader:
+    """A train loader that passes set_epoch and len through to `inner` and remembers the epoch;
+    subclasses change what __iter__ yields (slow it down, interrupt it, record it)."""
+
+    def __init__(self, inner):
+        self.inner, self.epoch = inner, None
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.inner.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __iter__(self):
+        return iter(self.inner)

@@ -15,20 +15,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, for `pipeline`
 
-from helpers_train import tiny_config  # noqa: E402
+from helpers_train import WrappedLoader, tiny_config  # noqa: E402
 from pipeline.train import engine  # noqa: E402
 
 
-class RecordingLoader:
+class RecordingLoader(WrappedLoader):
     def __init__(self, inner, log_path: Path):
-        self.inner, self.log_path, self.epoch = inner, log_path, None
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-        self.inner.set_epoch(epoch)
-
-    def __len__(self):
-        return len(self.inner)
+        super().__init__(inner)
+        self.log_path = log_path
 
     def __iter__(self):
         seen = []

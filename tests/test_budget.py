@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from helpers_train import WrappedLoader
 from pipeline.train.budget import BudgetClock, plan_steps
 from pipeline.train.config import TrainConfig
 from pipeline.train.schedules import StepWarp, build_scheduler
@@ -138,24 +139,18 @@ def test_digits_run_with_a_small_budget_ends_on_time_with_a_finished_schedule(tm
     assert summary["epochs_run"] == len(rows) - 1 >= 1
 
 
-class _SlowLoader:
+class _SlowLoader(WrappedLoader):
     """A train loader whose batches take `delay` seconds more from epoch 2 on (a machine slowing down)."""
 
     def __init__(self, inner, delay):
-        self.inner, self.delay, self.epoch = inner, delay, 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-        self.inner.set_epoch(epoch)
-
-    def __len__(self):
-        return len(self.inner)
+        super().__init__(inner)
+        self.delay = delay
 
     def __iter__(self):
         import time
 
         for batch in self.inner:
-            if self.epoch >= 2:
+            if (self.epoch or 0) >= 2:
                 time.sleep(self.delay)
             yield batch
 

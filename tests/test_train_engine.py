@@ -4,12 +4,11 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from helpers_train import TinyNet, make_prepared, tiny_config
+from helpers_train import TinyNet, WrappedLoader, make_prepared, tiny_config
 from pipeline.artifacts import sha256_file
 from pipeline.checkpoint import build_model, load_checkpoint
 from pipeline.errors import PipelineError
@@ -106,18 +105,12 @@ def test_interrupt_after_epoch_2_then_resume_matches_a_straight_run(data, tmp_pa
     assert "ema_val_acc" in rows[0]
 
 
-class _InterruptingLoader:
+class _InterruptingLoader(WrappedLoader):
     """Wraps a train loader; raises KeyboardInterrupt (Ctrl-C) mid-epoch `epoch` after `after` batches."""
 
     def __init__(self, inner, epoch, after):
-        self.inner, self.at_epoch, self.after, self.epoch = inner, epoch, after, None
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-        self.inner.set_epoch(epoch)
-
-    def __len__(self):
-        return len(self.inner)
+        super().__init__(inner)
+        self.at_epoch, self.after = epoch, after
 
     def __iter__(self):
         for i, batch in enumerate(self.inner):

@@ -272,16 +272,17 @@ def _forward_backward(tr: Trainer, x: torch.Tensor, targets: torch.Tensor) -> tu
         last = i == len(slices) - 1
         # DDP all-reduces on every backward: only the last slice's may sync
         sync = contextlib.nullcontext() if last or not hasattr(tr.model, "no_sync") else tr.model.no_sync()
+        share = xs.shape[0] / n  # 1 without slices: no extra ops on the usual path
         with sync:
             with tr.autocast():
                 logits = tr.model(xs)
                 loss = tr.criterion(logits, ts)
-                objective = loss * (xs.shape[0] / n)
+                objective = loss if share == 1 else loss * share
                 if tr.l1 and i == 0:
                     objective = objective + tr.l1 * l1_penalty(tr.l1_params)
             tr.scaler.scale(objective).backward()
         all_logits.append(logits.detach())
-        losses.append(loss.detach() * (xs.shape[0] / n))
+        losses.append(loss.detach() if share == 1 else loss.detach() * share)
     if len(slices) == 1:
         return all_logits[0], losses[0]
     return torch.cat(all_logits), torch.stack(losses).sum()
