@@ -32,9 +32,10 @@ class FakeClock:
     def steps(self, durations: dict[Candidate, float]):
         return {c: self.step(c, d) for c, d in durations.items()}
 
-    def make_step(self, durations: dict[Candidate, float], full_batch: int = 100):
-        """run_probe's make_step: a step's fake time is proportional to its batch."""
-        return lambda c, batch: self.step(c, durations[c] * batch / full_batch)
+    def make_step(self, durations: dict[Candidate, float], full_batch: int = 100, fixed: float = 0.0):
+        """run_probe's make_step: a step's fake time is `fixed` (the optimizer update, whatever the
+        batch) plus a part proportional to its batch."""
+        return lambda c, batch: self.step(c, fixed + (durations[c] - fixed) * batch / full_batch)
 
 
 FP32_CL, FP32_NCHW = Candidate("fp32", True, False), Candidate("fp32", False, False)
@@ -157,6 +158,57 @@ def test_run_probe_times_a_slice_of_a_batch_too_slow_to_time_whole(tmp_path):
     assert result.seconds <= probe.MAX_SECONDS + 2.0 * 0.25
     assert result.measured[BF16_CL.name] == pytest.approx(125) and result.img_per_s is None  # a slice's rate
     assert "bf16 channels_last 125 img/s (measured at batch 25" in result.line()
+
+
+def test_scout_separates_a_steps_fixed_cost_from_its_per_image_cost():
+    clock = FakeClock()
+    # 0.5 s of every step is the update (Muon-like), 0.5 s more per 1,000 images
+    make_step = clock.make_step({FP32_CL: 1.0}, full_batch=1000, fixed=0.5)
+    fixed, per_image = probe.scout_costs(make_step, FP32_CL, 1000, clock=clock, sync=lambda: None)
+    assert fixed == pytest.approx(0.5) and per_image == pytest.approx(0.5 / 1000)
+    # a batch no larger than the scout slice: one size, all of it charged per image
+    fixed, per_image = probe.scout_costs(make_step, FP32_CL, 20, clock=clock, sync=lambda: None)
+    assert fixed == 0.0 and per_image == pytest.approx((0.5 + 0.5 * 20 / 1000) / 20)
+
+
+def test_run_probe_affords_a_big_batch_whose_steps_are_mostly_fixed_cost(tmp_path):
+    # batch 1000, 0.4 s fixed per step: a 32-image scout step (0.43 s) read as all per-image cost
+    # predicts 13 s for a full step, so no slice fits 10 s and the probe would give up; the real
+    # full step takes 1.0-1.6 s, and every candidate fits the allowance on a small slice
+    clock = FakeClock()
+    durations = {FP32_CL: 1.2, FP32_NCHW: 1.6, BF16_CL: 1.0, BF16_NCHW: 1.4}
+    result = _run(tmp_path, clock, durations, batch_size=1000, make_step=clock.make_step(
+        durations, full_batch=1000, fixed=0.4), key_fields={"model": "m", "model_opts": {}, "batch_size": 1000,
+                                                             "micro_batch_size": 500, "input_shape": (3, 32, 32)})
+    assert result.source == "measured" and result.choice == BF16_CL
+    assert clock.t <= probe.MAX_SECONDS + 1.6
+
+
+def test_a_run_too_short_to_probe_borrows_this_models_answer_at_the_nearest_batch(tmp_path):
+    clock = FakeClock()
+    durations = {FP32_CL: 0.2, FP32_NCHW: 0.3, BF16_CL: 0.1, BF16_NCHW: 0.4}
+
+    def keys(batch, model="m"):
+        return {"model": model, "model_opts": {}, "batch_size": batch, "micro_batch_size": 0,
+                "input_shape": (3, 32, 32)}
+
+    for batch in (64, 256):  # two longer runs measured: bf16 channels_last wins
+        assert _run(tmp_path, clock, durations, key_fields=keys(batch)).choice == BF16_CL
+    short = _run(tmp_path, clock, durations, key_fields=keys(100), run_steps=10)
+    assert short.source == "borrowed" and short.choice == BF16_CL and short.batch == 64
+    assert "this model's answer for batch 64" in short.line()
+    assert "nan" not in short.line()
+    other_model = _run(tmp_path, clock, durations, key_fields=keys(100, model="other"), run_steps=10)
+    assert other_model.source == "too short" and other_model.choice == probe.candidates(
+        "auto", None, None, CPU, allow_compile=False)[0]
+    assert "nan" not in other_model.line() and other_model.img_per_s is None
+    # a run that fixed channels_last measured only that layout: its winner still answers an auto run
+    (tmp_path / "probe.json").unlink()
+    assert _run(tmp_path, clock, durations, key_fields=keys(64), channels_last=True).choice == BF16_CL
+    assert _run(tmp_path, clock, durations, key_fields=keys(100), run_steps=10).source == "borrowed"
+    # ... but not a winner the short run does not have among its candidates
+    assert _run(tmp_path, clock, durations, key_fields=keys(100), run_steps=10,
+                precision="fp32").source == "too short"
 
 
 def test_predict_auto_takes_the_precision_training_measured_on_this_device(tmp_path):

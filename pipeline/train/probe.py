@@ -9,7 +9,8 @@ per machine, torch version, model, batch and input shape in a user cache file
 later runs pay nothing. Explicit values are never probed.
 
 Cost: at most MAX_SECONDS or RUN_SHARE of the planned run, whichever is smaller. A run too short
-to afford a meaningful probe takes the static fallback (runtime.fallback_*), as does --no-probe.
+to afford a meaningful probe takes what this model measured here at the nearest batch size, else
+the static fallback (runtime.fallback_*), as does --no-probe.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ MIN_TIMED = 2  # timed steps a candidate needs for its median to count
 MAX_ROUNDS = 8
 DROP_FACTOR = 1.5  # a candidate this much slower than the best median cannot win: stop timing it
 SAFETY = 0.7
-SCOUT_BATCH = 32  # images in the scout step that sizes the probe
+SCOUT_BATCH = 32  # images in the larger of the two scout slices that size the probe (scout_costs)
 MIN_PROBE_BATCH = 16  # below this a slice says little about the real batch: take the fallback
 COMPILE_KEY = "compile_seconds"  # cache entry: device -> seconds a compile took there (first step)
 SPEEDS_KEY = "speeds"  # cache entry: speed key -> {candidate name: img/s}, compiled ones included (make bench)
@@ -61,13 +62,14 @@ class Candidate:
 @dataclass
 class ProbeResult:
     choice: Candidate
-    source: str  # measured | cache | fixed (nothing was auto) | skipped (--no-probe) | too short
+    source: str  # measured | cache | borrowed (another batch's, run too short) | fixed | skipped (--no-probe) | too short
     img_per_s: float | None = None  # of the choice, training steps only (no loader, no eval)
     measured: dict[str, float] = field(default_factory=dict)  # candidate name -> img/s
     seconds: float = 0.0
     device: str = ""
     cache: str | None = None
-    batch: int | None = None  # the batch the steps were timed at (a slice of a batch too slow to time whole)
+    batch: int | None = None  # the batch the steps were timed at (a slice of a batch too slow to time whole;
+    # borrowed: the batch size of the run whose answer was taken)
     compile_note: str | None = None  # why compile was chosen (from speeds measured with it, see with_compile)
 
     def line(self) -> str:
@@ -75,9 +77,10 @@ class ProbeResult:
         speed = f" {rate:.0f} img/s" if rate else ""
         others = ", ".join(f"{name} {rate:.0f}" for name, rate in self.measured.items()
                            if name != self.choice.name)
-        at = f" at batch {self.batch}" if self.batch else ""
+        at = f" at batch {self.batch}" if self.batch and self.source == "measured" else ""
         where = {"measured": f"measured{at} in {self.seconds:.1f} s", "cache": f"cached in {self.cache}",
                  "fixed": "all set explicitly", "skipped": "--no-probe: fallback",
+                 "borrowed": f"run too short to probe: this model's answer for batch {self.batch} in {self.cache}",
                  "too short": "run too short to probe: fallback"}[self.source]
         note = f"; {self.compile_note}" if self.compile_note else ""
         return f"probe: {self.choice.name}{speed} ({where}{'; ' + others if others else ''}{note}) on {self.device}"
@@ -247,6 +250,58 @@ def with_compile(result: ProbeResult, device: torch.device, key_fields: dict[str
                        result.measured, result.seconds, result.device, result.cache, result.batch, note)
 
 
+def scout_costs(make_step: Callable[[Candidate, int], Callable[[], None]], candidate: Candidate, batch_size: int,
+                *, clock: Callable[[], float], sync: Callable[[], None]) -> tuple[float, float]:
+    """(seconds per step whatever its size, seconds per image) of `candidate`, from warm steps on
+    slices of half SCOUT_BATCH and SCOUT_BATCH (small: the scout is paid out of the allowance). Two sizes separate the fixed part of a step (the optimizer
+    update - Muon's orthogonalisation above all -, per-layer dispatch) from the part that grows with
+    the batch; one small step would charge the fixed part to each of its few images and overestimate
+    a full step many times over, and the probe would give up on a run it could well afford."""
+    sizes = [SCOUT_BATCH // 2, SCOUT_BATCH] if batch_size >= SCOUT_BATCH else [batch_size]
+    seconds: dict[int, float] = {}
+    for size in sizes:
+        step = make_step(candidate, size)
+        for _ in range(WARMUP_STEPS):  # the last one counts: the first pays one-time setup
+            t0 = clock()
+            step()
+            sync()
+            seconds[size] = clock() - t0
+    if len(sizes) == 2:
+        small, large = sizes
+        per_image = (seconds[large] - seconds[small]) / (large - small)
+        if per_image > 0:  # else noise swamped the difference: charge it all per image, as one size does
+            return max(seconds[small] - per_image * small, 0.0), per_image
+    return 0.0, seconds[sizes[-1]] / sizes[-1]
+
+
+def nearest_answer(key: str, path: Path) -> tuple[Candidate, int] | None:
+    """A measured choice for the same device, torch, model, options, input and slicing at the batch
+    size nearest this key's, among this key's candidates (a run too short to probe borrows it), with
+    that batch size. A run that fixed a value (channels_last: true) measured fewer candidates; its
+    winner is still a measured answer for the values it shares."""
+    want = json.loads(key)
+    allowed = set(want.pop("candidates"))
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = []
+    for other, entry in (entries.items() if isinstance(entries, dict) else ()):
+        try:
+            fields = json.loads(other)
+            fields.pop("candidates")
+            same = {k: v for k, v in fields.items() if k != "batch"} == {k: v for k, v in want.items() if k != "batch"}
+            choice = Candidate(**entry["choice"]) if same else None
+            if choice is not None and choice.name in allowed:
+                found.append((abs(fields["batch"] - want["batch"]), fields["batch"], choice))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # another kind of entry, or one of an older layout
+    if not found:
+        return None
+    _, batch, choice = min(found, key=lambda f: f[:2])
+    return choice, batch
+
+
 def choose(medians: dict[Candidate, float]) -> Candidate:
     return min(medians, key=medians.get)
 
@@ -311,35 +366,38 @@ def run_probe(
             result = ProbeResult(choice, "cache", rate, dict(hit.get("measured", {})), clock() - started, name,
                                  str(path), hit.get("batch"))
             return with_compile(result, device, key_fields, run_steps, time_budget, path) if compile is None else result
-    # A scout step on a small slice tells how long a full step takes, hence the allowance, and the
+    # Scout steps on two small slices tell how long a full step takes, hence the allowance, and the
     # largest power-of-2 slice of the batch at which every candidate can be timed within it.
-    scout_batch = min(batch_size, SCOUT_BATCH)
-    scout = make_step(cands[0], scout_batch)
-    for _ in range(WARMUP_STEPS):
-        t0 = clock()
-        scout()
-        sync()
-        per_image = (clock() - t0) / scout_batch
-    allowance = min(limit, RUN_SHARE * (time_budget or run_steps * per_image * batch_size))
-    # the scout's per-image time at a small batch is a rough guide: keep a margin
+    fixed, per_image = scout_costs(make_step, cands[0], batch_size, clock=clock, sync=sync)
+
+    def step_s(batch: int) -> float:
+        return fixed + per_image * batch
+
+    allowance = min(limit, RUN_SHARE * (time_budget or run_steps * step_s(batch_size)))
+    # the scout's estimate from small slices is a rough guide: keep a margin
     per_step = SAFETY * (allowance - (clock() - started)) / (WARMUP_STEPS + (len(cands) - 1) * OTHER_WARMUP
                                                               + len(cands) * MIN_TIMED)
     batch = batch_size
-    while batch // 2 >= MIN_PROBE_BATCH and per_image * batch > per_step:
+    while batch // 2 >= MIN_PROBE_BATCH and step_s(batch) > per_step:
         batch //= 2
-    complete = per_image * batch <= per_step
-    medians = {cands[0]: per_image * batch}
+    complete = step_s(batch) <= per_step
+    medians = {cands[0]: step_s(batch)}
     if complete:
         medians, _, complete = measure({c: make_step(c, batch) for c in cands}, clock=clock, sync=sync,
                                        limit_s=lambda step_s: allowance - (clock() - started))
     rates = {c.name: round(batch / s, 1) for c, s in medians.items()}
     choice = choose(medians) if complete else cands[0]
-    rate = rates[choice.name] * (1.0 if batch == batch_size else float("nan"))
+    rate = rates[choice.name] if batch == batch_size else None  # a slice's or a scout's rate is not the batch's
     if time_budget and (batch != batch_size or not complete):
         rate = speed_of(choice)  # the plan needs the speed at the real batch, not a slice's or a scout's
     if not complete:
+        known = nearest_answer(key, path)  # what a longer run of this model measured here
+        if known is not None:
+            choice, at = known
+            rate = speed_of(choice) if time_budget else None
+            return ProbeResult(choice, "borrowed", rate, rates, clock() - started, name, str(path), batch=at)
         return ProbeResult(choice, "too short", rate, rates, clock() - started, name, batch=batch)
-    result = ProbeResult(choice, "measured", rate if rate == rate else None, rates, clock() - started, name,
+    result = ProbeResult(choice, "measured", rate, rates, clock() - started, name,
                          str(path), batch=batch if batch != batch_size else None)
     write_cache(key, {"choice": asdict(choice), "img_per_s": result.img_per_s, "measured": rates,
                       "seconds": round(result.seconds, 2), "batch": result.batch, "date": time.strftime("%Y-%m-%d")}, path)
