@@ -197,7 +197,9 @@ def test_a_run_too_short_to_probe_borrows_this_models_answer_at_the_nearest_batc
     short = _run(tmp_path, clock, durations, key_fields=keys(100), run_steps=10)
     assert short.source == "borrowed" and short.choice == BF16_CL and short.batch == 64
     assert "this model's answer for batch 64" in short.line()
-    assert "nan" not in short.line()
+    assert "nan" not in short.line() and short.measured == {}  # no scout estimate passed off as measured
+    budgeted = _run(tmp_path, clock, durations, key_fields=keys(100), run_steps=10, time_budget=1.0)
+    assert budgeted.source == "borrowed" and budgeted.img_per_s == pytest.approx(1000)  # the plan's speed, timed
     other_model = _run(tmp_path, clock, durations, key_fields=keys(100, model="other"), run_steps=10)
     assert other_model.source == "too short" and other_model.choice == probe.candidates(
         "auto", None, None, CPU, allow_compile=False)[0]

@@ -253,10 +253,11 @@ def with_compile(result: ProbeResult, device: torch.device, key_fields: dict[str
 def scout_costs(make_step: Callable[[Candidate, int], Callable[[], None]], candidate: Candidate, batch_size: int,
                 *, clock: Callable[[], float], sync: Callable[[], None]) -> tuple[float, float]:
     """(seconds per step whatever its size, seconds per image) of `candidate`, from warm steps on
-    slices of half SCOUT_BATCH and SCOUT_BATCH (small: the scout is paid out of the allowance). Two sizes separate the fixed part of a step (the optimizer
-    update - Muon's orthogonalisation above all -, per-layer dispatch) from the part that grows with
-    the batch; one small step would charge the fixed part to each of its few images and overestimate
-    a full step many times over, and the probe would give up on a run it could well afford."""
+    slices of half SCOUT_BATCH and SCOUT_BATCH (small: the scout is paid out of the allowance).
+    Two sizes separate the fixed part of a step (the optimizer update - Muon's orthogonalisation
+    above all -, per-layer dispatch) from the part that grows with the batch; one small step would
+    charge the fixed part to each of its few images and overestimate a full step many times over,
+    and the probe would give up on a run it could well afford."""
     sizes = [SCOUT_BATCH // 2, SCOUT_BATCH] if batch_size >= SCOUT_BATCH else [batch_size]
     seconds: dict[int, float] = {}
     for size in sizes:
@@ -385,17 +386,15 @@ def run_probe(
     if complete:
         medians, _, complete = measure({c: make_step(c, batch) for c in cands}, clock=clock, sync=sync,
                                        limit_s=lambda step_s: allowance - (clock() - started))
+    if not complete and (known := nearest_answer(key, path)) is not None:  # what a longer run measured here
+        choice, at = known
+        return ProbeResult(choice, "borrowed", speed_of(choice), {}, clock() - started, name, str(path), batch=at)
     rates = {c.name: round(batch / s, 1) for c, s in medians.items()}
     choice = choose(medians) if complete else cands[0]
     rate = rates[choice.name] if batch == batch_size else None  # a slice's or a scout's rate is not the batch's
     if time_budget and (batch != batch_size or not complete):
         rate = speed_of(choice)  # the plan needs the speed at the real batch, not a slice's or a scout's
     if not complete:
-        known = nearest_answer(key, path)  # what a longer run of this model measured here
-        if known is not None:
-            choice, at = known
-            rate = speed_of(choice) if time_budget else None
-            return ProbeResult(choice, "borrowed", rate, rates, clock() - started, name, str(path), batch=at)
         return ProbeResult(choice, "too short", rate, rates, clock() - started, name, batch=batch)
     result = ProbeResult(choice, "measured", rate, rates, clock() - started, name,
                          str(path), batch=batch if batch != batch_size else None)
