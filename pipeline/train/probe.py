@@ -281,7 +281,7 @@ def nearest_answer(key: str, path: Path) -> tuple[Candidate, int] | None:
     that batch size. A run that fixed a value (channels_last: true) measured fewer candidates; its
     winner is still a measured answer for the values it shares."""
     want = json.loads(key)
-    allowed = set(want.pop("candidates"))
+    allowed, batch = set(want.pop("candidates")), want.pop("batch")
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -291,12 +291,12 @@ def nearest_answer(key: str, path: Path) -> tuple[Candidate, int] | None:
         try:
             fields = json.loads(other)
             fields.pop("candidates")
-            same = {k: v for k, v in fields.items() if k != "batch"} == {k: v for k, v in want.items() if k != "batch"}
-            choice = Candidate(**entry["choice"]) if same else None
-            if choice is not None and choice.name in allowed:
-                found.append((abs(fields["batch"] - want["batch"]), fields["batch"], choice))
+            other_batch = fields.pop("batch")
+            choice = Candidate(**entry["choice"]) if fields == want else None
         except (ValueError, TypeError, KeyError, AttributeError):
             continue  # another kind of entry, or one of an older layout
+        if choice is not None and choice.name in allowed:
+            found.append((abs(other_batch - batch), other_batch, choice))
     if not found:
         return None
     _, batch, choice = min(found, key=lambda f: f[:2])
@@ -371,18 +371,18 @@ def run_probe(
     # largest power-of-2 slice of the batch at which every candidate can be timed within it.
     fixed, per_image = scout_costs(make_step, cands[0], batch_size, clock=clock, sync=sync)
 
-    def step_s(batch: int) -> float:
+    def full_step_s(batch: int) -> float:
         return fixed + per_image * batch
 
-    allowance = min(limit, RUN_SHARE * (time_budget or run_steps * step_s(batch_size)))
+    allowance = min(limit, RUN_SHARE * (time_budget or run_steps * full_step_s(batch_size)))
     # the scout's estimate from small slices is a rough guide: keep a margin
     per_step = SAFETY * (allowance - (clock() - started)) / (WARMUP_STEPS + (len(cands) - 1) * OTHER_WARMUP
                                                               + len(cands) * MIN_TIMED)
     batch = batch_size
-    while batch // 2 >= MIN_PROBE_BATCH and step_s(batch) > per_step:
+    while batch // 2 >= MIN_PROBE_BATCH and full_step_s(batch) > per_step:
         batch //= 2
-    complete = step_s(batch) <= per_step
-    medians = {cands[0]: step_s(batch)}
+    complete = full_step_s(batch) <= per_step
+    medians = {cands[0]: full_step_s(batch)}
     if complete:
         medians, _, complete = measure({c: make_step(c, batch) for c in cands}, clock=clock, sync=sync,
                                        limit_s=lambda step_s: allowance - (clock() - started))
