@@ -189,11 +189,14 @@ def test_reflect_translate_crops_only_come_from_the_reflected_image():
 
 # ---- Muon ----------------------------------------------------------------------------------------
 
-def test_orthogonalise_keeps_directions_and_flattens_singular_values():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_orthogonalise_keeps_directions_and_flattens_singular_values(dtype):
     torch.manual_seed(0)
     g = torch.randn(16, 40) @ torch.diag(torch.logspace(0, 2, 40))
     u, s, vh = torch.linalg.svd(g, full_matrices=False)
-    out = orthogonalise(g, steps=5).float()
+    out = orthogonalise(g, steps=5, dtype=dtype)
+    assert out.dtype == dtype
+    out = out.float()
     singular = torch.linalg.svdvals(out)
     assert singular.min() > 0.5 and singular.max() < 1.5  # S' ~ U(0.5, 1.5), not S
     # same singular vectors: U^T out V is (close to) diagonal
@@ -223,6 +226,25 @@ def test_muon_optimizer_sgd_part_is_torch_nesterov_sgd_and_filters_are_renormali
     assert filt.norm().item() == pytest.approx(math.sqrt(8))
 
 
+
+def test_muon_newton_schulz_follows_the_runs_resolved_precision(data, tmp_path, monkeypatch):
+    import pipeline.train.muon as muon
+
+    seen = []
+    real = muon.orthogonalise
+
+    def recording(matrix, steps, dtype):
+        seen.append(dtype)
+        return real(matrix, steps, dtype=dtype)
+
+    monkeypatch.setattr(muon, "orthogonalise", recording)
+    net = TinyNet(4, 3)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        assert build_optimizer(net, TrainConfig(optimizer="muon", precision=precision)).ns_dtype == dtype
+    # "auto" without a probe is fp32 on a CPU: the engine hands the optimizer the resolved name.
+    run_training(tiny_config(data, tmp_path, epochs=1, optimizer="muon", precision="auto", probe=False))
+    assert seen and set(seen) == {torch.float32}
+
 def test_muon_config_puts_conv_filters_under_muon():
     from pipeline.models import create_model
 
@@ -237,6 +259,27 @@ def test_muon_config_puts_conv_filters_under_muon():
     assert head["lr"] == pytest.approx(0.67 * 2000, rel=1e-4)  # the script's 0.67 per summed loss
     others = [g for g in opt.param_groups if g["role"] != "filter"]
     assert all(g["lr"] * g["weight_decay"] == pytest.approx(2e-6 * 2000, rel=1e-4) for g in others)
+
+
+def test_resnet20_quality_recipe_puts_all_19_convs_under_muon_and_the_rest_under_sgd():
+    from pipeline.models import create_model
+
+    net = create_model("resnet20", num_classes=10)
+    cfg = resolve_config(TrainConfig, "configs/resnet20-cpu-quality.yaml")
+    opt = build_optimizer(net, cfg)
+    by_role: dict[str, list] = {}
+    for g in opt.param_groups:
+        by_role.setdefault(g["role"], []).append(g)
+    # He et al. 2016 sec. 4.2: 1 stem conv + 3 stages x 3 blocks x 2 convs; option-A shortcuts have
+    # no weights. The 19 BNs' scales and shifts (38 tensors) and the 64->10 head's weight and bias stay SGD.
+    filters = [p for g in by_role.pop("filter") for p in g["params"]]
+    assert len(filters) == 19 and all(p.ndim == 4 for p in filters)
+    assert {p.shape[0] for p in filters} == {16, 32, 64}
+    assert set(by_role) == {"other"}
+    sgd = [p for g in by_role["other"] for p in g["params"]]
+    assert len(sgd) == 38 + 2
+    decayed = [p for g in by_role["other"] if g["weight_decay"] > 0 for p in g["params"]]
+    assert [tuple(p.shape) for p in decayed] == [(10, 64)]  # only the head's weight: BN and biases are not
 
 
 # ---- TTA as in the paper -------------------------------------------------------------------------

@@ -127,7 +127,9 @@ def build_trainer(
         raise PipelineError(f"unknown precision '{cfg.precision}'; choose from: auto, {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
         raise PipelineError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
-    optimizer = build_optimizer(module, cfg, batch_size=cfg.batch_size * world_size)
+    # The optimizer sees the resolved precision (Muon's Newton-Schulz follows it).
+    optimizer = build_optimizer(module, dataclasses.replace(cfg, precision=precision),
+                                batch_size=cfg.batch_size * world_size)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no scaling
     mixup = None

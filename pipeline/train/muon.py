@@ -5,7 +5,9 @@ semi-orthogonal matrix, computed with a few Newton-Schulz iterations. A conv fil
 (out, in, kh, kw) is orthogonalised as the (out, in*kh*kw) matrix it is a view of; torch.optim.Muon
 takes only 2-D parameters, which is why this is our own. As in airbench94_muon, each Muon step
 first rescales the filter bank to norm sqrt(out) (so the fixed-size orthogonal update keeps a
-fixed relative size) and the iteration runs in bfloat16.
+fixed relative size) and the iteration runs in bfloat16 (airbench's GPU choice), or in float32
+for a run the probe found fastest in fp32: there bf16 matmuls are the slow path, and the
+orthogonalised update is only an approximation anyway.
 
 Groups whose "role" is "filter" get the Muon update; every other group is plain SGD with Nesterov
 momentum and (coupled) weight decay, step for step as torch.optim.SGD(nesterov=True). One
@@ -21,10 +23,11 @@ import torch
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalise(matrix: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.Tensor:
-    """Approximately U V^T of matrix = U S V^T, by `steps` quintic Newton-Schulz iterations in bf16."""
+def orthogonalise(matrix: torch.Tensor, steps: int, eps: float = 1e-7,
+                  dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Approximately U V^T of matrix = U S V^T, by `steps` quintic Newton-Schulz iterations in `dtype`."""
     a, b, c = NS_COEFFICIENTS
-    x = matrix.bfloat16()
+    x = matrix.to(dtype)
     x = x / (x.norm() + eps)  # spectral norm <= Frobenius norm <= 1: inside the iteration's basin
     tall = x.shape[0] > x.shape[1]
     if tall:
@@ -36,9 +39,11 @@ def orthogonalise(matrix: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.
 
 
 class MuonWithSGD(torch.optim.Optimizer):
-    def __init__(self, params, lr: float, momentum: float, ns_steps: int = 3, weight_decay: float = 0.0):
+    def __init__(self, params, lr: float, momentum: float, ns_steps: int = 3, weight_decay: float = 0.0,
+                 ns_dtype: torch.dtype = torch.bfloat16):
         super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps, weight_decay=weight_decay,
                                       role="other"))
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -68,7 +73,7 @@ class MuonWithSGD(torch.optim.Optimizer):
                 continue
             update = self._momentum(p, p.grad, group["momentum"])
             p.mul_(p.shape[0] ** 0.5 / p.norm().clamp_min(1e-12))
-            flat = orthogonalise(update.reshape(p.shape[0], -1), group["ns_steps"])
+            flat = orthogonalise(update.reshape(p.shape[0], -1), group["ns_steps"], dtype=self.ns_dtype)
             p.add_(flat.view(p.shape).to(p.dtype), alpha=-group["lr"])
 
     def _sgd_group(self, group: dict) -> None:

@@ -127,13 +127,15 @@ def _sgd(groups, cfg):
 @OPTIMIZERS.register("muon")
 def _muon(groups, cfg):
     """Muon on conv filters (4-D weights, orthogonalised Nesterov momentum), SGD with Nesterov
-    momentum --momentum on everything else, in one optimizer (airbench94_muon)."""
+    momentum --momentum on everything else, in one optimizer (airbench94_muon). Newton-Schulz runs in
+    bf16 unless the run's (resolved) precision is fp32."""
     from pipeline.train.muon import MuonWithSGD
 
     for group in groups:
         if group["role"] == "filter":
             group.update(lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=0.0)
-    return MuonWithSGD(groups, lr=cfg.lr, momentum=cfg.momentum, ns_steps=cfg.muon_ns_steps)
+    ns_dtype = torch.float32 if cfg.precision == "fp32" else torch.bfloat16
+    return MuonWithSGD(groups, lr=cfg.lr, momentum=cfg.momentum, ns_steps=cfg.muon_ns_steps, ns_dtype=ns_dtype)
 
 
 @OPTIMIZERS.register("adam")
