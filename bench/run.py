@@ -109,7 +109,7 @@ def probe_default(images, labels, device, args) -> probe.ProbeResult:
 def key_fields(args) -> dict:
     """What the probe's cache keys hold for a ResNet-20 CIFAR run at this batch (as the engine's)."""
     return {"model": "resnet20", "model_opts": {}, "batch_size": args.batch_size, "micro_batch_size": 0,
-            "input_shape": (3, 32, 32)}
+            "input_shape": (3, 32, 32), "optimizer": TrainConfig().optimizer}
 
 
 def warm_up(streams: dict, device: torch.device) -> dict[str, float]:

@@ -188,9 +188,9 @@ def test_a_run_too_short_to_probe_borrows_this_models_answer_at_the_nearest_batc
     clock = FakeClock()
     durations = {FP32_CL: 0.2, FP32_NCHW: 0.3, BF16_CL: 0.1, BF16_NCHW: 0.4}
 
-    def keys(batch, model="m"):
+    def keys(batch, model="m", optimizer="sgd"):
         return {"model": model, "model_opts": {}, "batch_size": batch, "micro_batch_size": 0,
-                "input_shape": (3, 32, 32)}
+                "input_shape": (3, 32, 32), "optimizer": optimizer}
 
     for batch in (64, 256):  # two longer runs measured: bf16 channels_last wins
         assert _run(tmp_path, clock, durations, key_fields=keys(batch)).choice == BF16_CL
@@ -204,6 +204,8 @@ def test_a_run_too_short_to_probe_borrows_this_models_answer_at_the_nearest_batc
     assert other_model.source == "too short" and other_model.choice == probe.candidates(
         "auto", None, None, CPU, allow_compile=False)[0]
     assert "nan" not in other_model.line() and other_model.img_per_s is None
+    # another optimizer steps at another speed (Muon's orthogonalisation): nothing borrowed either
+    assert _run(tmp_path, clock, durations, key_fields=keys(100, optimizer="muon"), run_steps=10).source == "too short"
     # a run that fixed channels_last measured only that layout: its winner still answers an auto run
     (tmp_path / "probe.json").unlink()
     assert _run(tmp_path, clock, durations, key_fields=keys(64), channels_last=True).choice == BF16_CL

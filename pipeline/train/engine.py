@@ -500,7 +500,8 @@ def tune_runtime(cfg: TrainConfig, module: nn.Module, data: PreparedData, n_trai
         result = probe.run_probe(
             precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile, device=device,
             key_fields={"model": cfg.model, "model_opts": cfg.model_opts, "batch_size": cfg.batch_size,
-                        "micro_batch_size": cfg.micro_batch_size, "input_shape": shape},
+                        "micro_batch_size": cfg.micro_batch_size, "input_shape": shape,
+                        "optimizer": cfg.optimizer},
             batch_size=cfg.batch_size, make_step=make_step, run_steps=total_steps(cfg.epochs, steps_per_epoch),
             time_budget=cfg.time_budget, enabled=cfg.probe)
         log.info("%s", result.line())

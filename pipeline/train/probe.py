@@ -101,11 +101,11 @@ def cache_path() -> Path:
 
 
 def cache_key(device: torch.device, model: str, model_opts: dict, batch_size: int, micro_batch_size: int,
-              input_shape: tuple[int, ...], candidates: list[Candidate]) -> str:
+              input_shape: tuple[int, ...], candidates: list[Candidate], optimizer: str = "sgd") -> str:
     return json.dumps({
         "device": device_name(device), "torch": torch.__version__, "model": model, "opts": model_opts,
         "batch": batch_size, "micro_batch": micro_batch_size, "input": list(input_shape),
-        "candidates": sorted(c.name for c in candidates),
+        "candidates": sorted(c.name for c in candidates), "optimizer": optimizer,
     }, sort_keys=True, default=str)
 
 
@@ -214,10 +214,10 @@ def record_compile_seconds(device: torch.device, seconds: float, path: Path | No
 
 
 def speed_key(device: torch.device, model: str, model_opts: dict, batch_size: int, micro_batch_size: int,
-              input_shape: tuple[int, ...]) -> str:
+              input_shape: tuple[int, ...], optimizer: str = "sgd") -> str:
     return json.dumps({"device": device_name(device), "torch": torch.__version__, "model": model, "opts": model_opts,
-                       "batch": batch_size, "micro_batch": micro_batch_size, "input": list(input_shape)},
-                      sort_keys=True, default=str)
+                       "batch": batch_size, "micro_batch": micro_batch_size, "input": list(input_shape),
+                       "optimizer": optimizer}, sort_keys=True, default=str)
 
 
 def record_speeds(device: torch.device, key_fields: dict[str, Any], rates: dict[str, float],
@@ -324,7 +324,8 @@ def run_probe(
 ) -> ProbeResult:
     """Settle the auto values: explicit ones win, a cached answer is reused, else measure.
 
-    key_fields: model, opts, batch_size, micro_batch_size, input_shape (what the speed depends on).
+    key_fields: model, opts, batch_size, micro_batch_size, input_shape, optimizer (what the speed
+    depends on: Muon's per-step orthogonalisation changes both the speed and the fixed cost of a step).
     make_step(candidate, batch) -> a function running one real training step of that candidate on a
     batch of that many images. A step too slow for the allowance to time every candidate at the full
     batch is timed on halves of it (the ranking, not the absolute speed, is what the probe is for).
