@@ -80,7 +80,7 @@ def test_candidates_fallback_first_and_explicit_values_fixed():
 def _run(tmp_path, clock, durations, **kw):
     args = dict(precision="auto", channels_last=None, compile=None, device=CPU,
                 key_fields={"model": "m", "model_opts": {}, "batch_size": 100, "micro_batch_size": 0,
-                            "input_shape": (3, 32, 32)},
+                            "input_shape": (3, 32, 32), "optimizer": "sgd"},
                 batch_size=100, make_step=clock.make_step(durations), run_steps=100_000,
                 path=tmp_path / "probe.json", clock=clock)
     args.update(kw)
@@ -97,7 +97,8 @@ def test_run_probe_caches_per_key_and_reuses_the_answer(tmp_path):
     again = _run(tmp_path, clock, durations)
     assert again.source == "cache" and again.choice == BF16_CL and clock.calls == calls  # nothing re-measured
     other_batch = _run(tmp_path, clock, durations, key_fields={
-        "model": "m", "model_opts": {}, "batch_size": 50, "micro_batch_size": 0, "input_shape": (3, 32, 32)})
+        "model": "m", "model_opts": {}, "batch_size": 50, "micro_batch_size": 0, "input_shape": (3, 32, 32),
+        "optimizer": "sgd"})
     assert other_batch.source == "measured"  # another batch size is another key
     assert len(json.loads((tmp_path / "probe.json").read_text())) == 2
 
@@ -123,7 +124,7 @@ def test_run_probe_never_times_compile_itself_but_takes_it_from_measured_speeds(
     assert plain.source == "fixed" and not plain.choice.compile and not clock.calls  # nothing to time
     probe.record_compile_seconds(CPU, 2.0, path)
     probe.record_speeds(CPU, {"model": "m", "model_opts": {}, "batch_size": 100, "micro_batch_size": 0,
-                              "input_shape": (3, 32, 32)},
+                              "input_shape": (3, 32, 32), "optimizer": "sgd"},
                         {"fp32 channels_last": 1000.0, "fp32 channels_last compile": 2000.0}, path)
     fast = _run(tmp_path, clock, durations, precision="fp32", channels_last=True)
     assert fast.choice == Candidate("fp32", True, True) and "2.00x" in fast.compile_note and not clock.calls
@@ -179,7 +180,8 @@ def test_run_probe_affords_a_big_batch_whose_steps_are_mostly_fixed_cost(tmp_pat
     durations = {FP32_CL: 1.2, FP32_NCHW: 1.6, BF16_CL: 1.0, BF16_NCHW: 1.4}
     result = _run(tmp_path, clock, durations, batch_size=1000, make_step=clock.make_step(
         durations, full_batch=1000, fixed=0.4), key_fields={"model": "m", "model_opts": {}, "batch_size": 1000,
-                                                             "micro_batch_size": 500, "input_shape": (3, 32, 32)})
+                                                             "micro_batch_size": 500, "input_shape": (3, 32, 32),
+                                                             "optimizer": "sgd"})
     assert result.source == "measured" and result.choice == BF16_CL
     assert clock.t <= probe.MAX_SECONDS + 1.6
 
@@ -229,7 +231,8 @@ def test_predict_auto_takes_the_precision_training_measured_on_this_device(tmp_p
 
 def test_compile_is_chosen_from_measured_speeds_when_it_pays_for_itself(tmp_path):
     path = tmp_path / "probe.json"
-    keys = {"model": "m", "model_opts": {}, "batch_size": 100, "micro_batch_size": 0, "input_shape": (3, 32, 32)}
+    keys = {"model": "m", "model_opts": {}, "batch_size": 100, "micro_batch_size": 0, "input_shape": (3, 32, 32),
+            "optimizer": "sgd"}
     eager = probe.ProbeResult(BF16_CL, "measured", 1000.0, {BF16_CL.name: 1000.0}, 1.0, "dev")
     assert probe.with_compile(eager, CPU, keys, run_steps=10_000, path=path) is eager  # nothing measured
     probe.record_speeds(CPU, keys, {BF16_CL.name: 1000.0, Candidate("bf16", True, True).name: 1250.0}, path)

@@ -101,7 +101,7 @@ def cache_path() -> Path:
 
 
 def cache_key(device: torch.device, model: str, model_opts: dict, batch_size: int, micro_batch_size: int,
-              input_shape: tuple[int, ...], candidates: list[Candidate], optimizer: str = "sgd") -> str:
+              input_shape: tuple[int, ...], optimizer: str, candidates: list[Candidate]) -> str:
     return json.dumps({
         "device": device_name(device), "torch": torch.__version__, "model": model, "opts": model_opts,
         "batch": batch_size, "micro_batch": micro_batch_size, "input": list(input_shape),
@@ -214,7 +214,7 @@ def record_compile_seconds(device: torch.device, seconds: float, path: Path | No
 
 
 def speed_key(device: torch.device, model: str, model_opts: dict, batch_size: int, micro_batch_size: int,
-              input_shape: tuple[int, ...], optimizer: str = "sgd") -> str:
+              input_shape: tuple[int, ...], optimizer: str) -> str:
     return json.dumps({"device": device_name(device), "torch": torch.__version__, "model": model, "opts": model_opts,
                        "batch": batch_size, "micro_batch": micro_batch_size, "input": list(input_shape),
                        "optimizer": optimizer}, sort_keys=True, default=str)
