@@ -3,6 +3,7 @@ writes results.md / report.html with ours vs the report, trend lines and figures
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import struct
 from pathlib import Path
@@ -14,7 +15,8 @@ import yaml
 from pipeline.cli import main
 from pipeline.errors import PipelineError
 from pipeline.lab import results
-from pipeline.lab.run import LabRun, lab_folder, run_lab
+from pipeline.lab import store
+from pipeline.lab.run import LabRun, lab_folder, prepare_data, run_lab
 from pipeline.lab.spec import Experiment, LabSpec, list_labs, load_lab, parse_lab
 
 PRESETS = ["cmpe597-cnn3", "cs535-cnn4", "cs5787-lenet5-fmnist", "ece590-lenet5", "ece590-vgg19-elu",
@@ -198,6 +200,12 @@ def test_quick_lab_writes_ours_vs_report_with_trends_and_figures(tiny_lab, tmp_p
     assert "results.md" in capsys.readouterr().out
 
 
+def quick_lab(spec) -> LabRun:
+    """The tiny lab at quick scale in the current folder: sweeps/ for work, results/ for results."""
+    return LabRun(spec, "quick", lab_folder(spec.name, "quick", "sweeps"), prepare_data(spec, "quick", None), {},
+                  spec.scale("quick").seeds, Path("results"))
+
+
 def test_killed_lab_resumes_where_it_stopped(tiny_lab, tmp_path):
     from pipeline.train.engine import run_training
 
@@ -208,17 +216,16 @@ def test_killed_lab_resumes_where_it_stopped(tiny_lab, tmp_path):
         calls.append((cfg.run, cfg.resume))
 
         def hook(epoch, row):
-            if on_epoch_end:
-                on_epoch_end(epoch, row)
             if len(calls) == 1 and epoch == 1:
                 raise KeyboardInterrupt
         return run_training(cfg, on_epoch_end=hook)
 
+    lab = quick_lab(spec)
     with pytest.raises(KeyboardInterrupt):
-        run_lab(spec, "quick", sweeps_dir="sweeps", train_fn=killed_after_one_epoch)
+        run_lab(lab, train_fn=killed_after_one_epoch)
     first = calls[0][0]
-    lab = run_lab(spec, "quick", sweeps_dir="sweeps", train_fn=killed_after_one_epoch)
-    # the interrupted trial continues from last.pt; nothing finished is trained again
+    assert run_lab(lab, train_fn=killed_after_one_epoch) == 6
+    # the interrupted unit continues from last.pt; nothing finished is trained again
     assert calls[1] == (first, True)
     assert len(calls) == 1 + 6 and len({run for run, _ in calls}) == 6
     metrics = (lab.runs_dir / first / "metrics.csv").read_text().splitlines()
@@ -227,18 +234,91 @@ def test_killed_lab_resumes_where_it_stopped(tiny_lab, tmp_path):
     assert all(len(o.accs) == 2 and o.pending == 0 for outs in collected.values() for o in outs)
 
 
+def test_results_outlive_the_working_folder(tiny_lab, tmp_path):
+    """A clean checkout holds the committed result files and no sweeps/: nothing retrains, the tables
+    and figures come back from the result files alone; another seed count trains only the new seeds."""
+    import shutil
+
+    spec = load_lab("tiny", tiny_lab)
+    main(["lab", "tiny", "--scale", "quick", "--labs-dir", str(tiny_lab), "--results-dir", "results"])
+    before = (tmp_path / "sweeps" / "lab-tiny-quick" / "results.md").read_text()
+    files = sorted((tmp_path / "results" / "tiny-quick").glob("u-*.json"))
+    assert len(files) == 6  # 3 configurations x 2 seeds
+    record = json.loads(files[0].read_text())
+    assert record["state"] == "complete" and record["settings_hash"] in record["unit"]
+    assert [r["epoch"] for r in record["epochs"]] == [1, 2] and record["git_sha"] and record["machine"]
+    assert record["data"]["competition"] == "digits" and "data" not in record["settings"]
+    shutil.rmtree(tmp_path / "sweeps")
+    calls = []
+
+    def counted(cfg, on_epoch_end=None):
+        from pipeline.train.engine import run_training
+
+        calls.append(cfg.seed)
+        return run_training(cfg, on_epoch_end=on_epoch_end)
+
+    assert run_lab(quick_lab(spec), train_fn=counted) == 0 and calls == []
+    main(["lab", "tiny", "--scale", "quick", "--labs-dir", str(tiny_lab), "--results-dir", "results"])
+    folder = tmp_path / "sweeps" / "lab-tiny-quick"
+    assert not (folder / "runs").exists()  # nothing trained, yet the whole page is back
+    assert (folder / "results.md").read_text() == before
+    page = (folder / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4  # curves x2, weights, t-SNE from the JSONs
+    lab3 = quick_lab(spec)
+    lab3.seeds = 3
+    assert run_lab(lab3, train_fn=counted) == 3 and calls == [2, 2, 2]
+
+
+def test_a_machine_setting_keeps_the_result_an_epoch_count_does_not(tiny_lab):
+    spec = load_lab("tiny", tiny_lab)
+    point = spec.unique_points("quick")[0]
+    data = {"competition": "digits", "counts": {}, "classes": list("0123456789")}
+
+    def name(overrides):
+        return store.Unit(point, 0, store.unit_settings(point, overrides), data).name
+
+    assert name({}) == name({"device": "cuda", "workers": 4, "precision": "bf16"})
+    assert name({}) != name({"epochs": 1})
+    assert name({}) != store.Unit(point, 0, store.unit_settings(point, {}), {**data, "competition": "x"}).name
+
+
 def test_diverged_runs_count_as_chance(tiny_lab, tmp_path):
+    from pipeline.train.engine import NonFiniteLoss
+
     spec = load_lab("tiny", tiny_lab)
 
     def diverges(cfg, on_epoch_end=None):
         if cfg.model_opts.get("bn"):
-            raise PipelineError("loss became nan at epoch 1, step 3; stopped (no checkpoint was written)")
+            raise NonFiniteLoss(1, 3, float("nan"))
         return {"best_val_acc": 0.5, "best_epoch": 1}
 
-    lab = run_lab(spec, "quick", sweeps_dir="sweeps", train_fn=diverges)
+    lab = quick_lab(spec)
+    run_lab(lab, train_fn=diverges)
     bn = {o.label: o for o in results.collect(lab)["bn"]}["BN"]
     assert bn.accs == [0.1, 0.1] and bn.diverged == 2  # digits: 10 classes
     assert results.ours_cell(bn) == "10.00 ± 0.00 (n=2, 2 diverged)"
+
+
+def test_a_failed_unit_is_shown_and_tried_again(tiny_lab, tmp_path):
+    spec = load_lab("tiny", tiny_lab)
+
+    def breaks(cfg, on_epoch_end=None):
+        raise RuntimeError("out of memory")
+
+    lab = quick_lab(spec)
+    run_lab(lab, train_fn=breaks)
+    no_bn = results.collect(lab)["bn"][0]
+    assert no_bn.accs == [] and no_bn.failed == ["RuntimeError: out of memory"] * 2
+    assert "Errors:" in results.results_markdown(lab, results.collect(lab), "m")
+    trained = []
+
+    def works(cfg, on_epoch_end=None):
+        trained.append(cfg.run)
+        return {"best_val_acc": 0.5, "best_epoch": 1}
+
+    assert run_lab(lab, train_fn=works) == 6 and len(set(trained)) == 6  # the same queue, its failures requeued
+    no_bn = results.collect(lab)["bn"][0]
+    assert no_bn.accs == [0.5, 0.5] and no_bn.failed == []
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +332,8 @@ def tiny_digits(tmp_path_factory):
 def test_every_preset_runs_end_to_end_on_tiny_data(name, labs_dir, tiny_digits, tmp_path):
     """The first configuration of each preset, one epoch on 180 digits: models, optimizers, policies all build."""
     main(["lab", name, "--scale", "quick", "--data", str(tiny_digits), "--labs-dir", str(labs_dir),
-          "--sweeps-dir", str(tmp_path), "--set", "epochs=1", "--set", "workers=0", "--max-points", "1",
-          "--seeds", "1", "--no-figures"])
+          "--sweeps-dir", str(tmp_path), "--results-dir", str(tmp_path / "results"), "--set", "epochs=1",
+          "--set", "workers=0", "--max-units", "1", "--seeds", "1", "--no-figures"])
     rows = (tmp_path / f"lab-{name}-quick" / "results.csv").read_text().splitlines()[1:]
     finished = [r for r in rows if r.split(",")[5] == "1"]  # column n: finished seeds
     assert finished, rows
@@ -279,7 +359,7 @@ def test_fashion_mnist_preset_runs_on_local_idx_files(repo_root, tmp_path, monke
     main(["data", "--competition", "fashion-mnist", "--source", str(raw)])
     main(["lab", "cs5787-lenet5-fmnist", "--scale", "full", "--data", "data/fashion-mnist",
           "--labs-dir", str(repo_root / "configs" / "labs"), "--set", "epochs=1", "--set", "workers=0",
-          "--max-points", "1", "--no-figures"])
+          "--max-units", "2", "--no-figures"])
     md = (tmp_path / "sweeps" / "lab-cs5787-lenet5-fmnist" / "results.md").read_text()
     baseline = next(line for line in md.splitlines() if line.startswith("| baseline |"))
     assert re.match(r"\| baseline \| 89\.21 \| \d+\.\d\d ± \d+\.\d\d \(n=2\) \|", baseline)

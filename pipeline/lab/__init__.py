@@ -2,12 +2,15 @@
 
 A lab is a preset, configs/labs/NAME.yaml (see spec.py for its keys): the report's base settings,
 its experiments as named variants with the report's own numbers, the figures to draw and the
-settings of each scale. The lab trains every distinct configuration once per seed through the
-sweep machinery (resumable after a kill) and writes, in sweeps/lab-NAME[-quick]/, results.md,
-results.csv and report.html with ours vs the report and a trend line per experiment.
+settings of each scale. The lab trains every distinct configuration once per seed (a "unit") and
+writes one result file per unit under results/labs/NAME/ (tracked: a lab is finished over several
+sessions or machines, and a unit with a result is never retrained), then results.md, results.csv
+and report.html with ours vs the report and a trend line per experiment, rebuilt from those files.
 
     spec.py     preset parsing and checking, expansion into Points (shared between experiments)
-    run.py      data preparation, one sweep per Point (a grid over the seeds)
+    store.py    the result file of each unit (settings hash, per-epoch metrics, figure data)
+    queue.py    the work queue that several workers (processes or machines) share
+    run.py      data preparation, claiming and training units, worker processes
     results.py  outcomes per variant, tables, trend lines
     page.py     report.html with the figures
 """
@@ -24,6 +27,7 @@ from typing import Any
 import click
 
 from pipeline.errors import PipelineError
+from pipeline.lab.store import RESULTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ def machine() -> str:
 
 
 def write_outputs(lab, started: float | None = None, figures: bool = True) -> dict[str, Any]:
-    """results.md, results.csv, report.html and manifest.json of the lab as it stands now."""
+    """results.md, results.csv, report.html and manifest.json of the lab as its result files stand now."""
     from pipeline.artifacts import atomic_write_text, write_manifest
     from pipeline.lab import results
 
@@ -67,8 +71,10 @@ def write_outputs(lab, started: float | None = None, figures: bool = True) -> di
         atomic_write_text(lab.folder / "report.html", render_page(lab, collected, host))
         outputs.append("report.html")
     trends = {exp.name: results.trend(exp, collected[exp.name]) for exp in lab.spec.experiments}
-    write_manifest(lab.folder, "lab", inputs=[lab.spec.path], outputs=outputs,
-                   config={"lab": lab.spec.name, "scale": lab.scale, "data": lab.data, "overrides": lab.overrides},
+    write_manifest(lab.folder, "lab", inputs=[lab.spec.path, *sorted(lab.results.glob("u-*.json"))],
+                   outputs=outputs,
+                   config={"lab": lab.spec.name, "scale": lab.scale, "data": lab.data, "overrides": lab.overrides,
+                           "seeds": lab.seeds, "results": str(lab.results)},
                    metrics={"machine": host, "trends": trends,
                             "finished": sum(len(o.accs) for os_ in collected.values() for o in os_)},
                    started=started)
@@ -84,16 +90,28 @@ def write_outputs(lab, started: float | None = None, figures: bool = True) -> di
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a training key for every run (e.g. device=cuda, workers=0, epochs=1).")
 @click.option("--labs-dir", default="configs/labs", show_default=True, type=click.Path(file_okay=False))
-@click.option("--sweeps-dir", default="sweeps", show_default=True, type=click.Path(file_okay=False))
-@click.option("--max-points", type=int, default=None, help="Train at most this many configurations in this call.")
+@click.option("--sweeps-dir", default="sweeps", show_default=True, type=click.Path(file_okay=False),
+              help="Working files: run folders, the local queue, the rendered tables.")
+@click.option("--results-dir", default=str(RESULTS_DIR), show_default=True, type=click.Path(file_okay=False),
+              help="One result file per finished unit (commit them: a unit with a result is never retrained).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes training units side by side, the cores split between them (small models).")
+@click.option("--storage", default=None, metavar="URL",
+              help="SQLAlchemy URL of the work queue [sqlite:///<sweeps-dir>/lab-NAME/queue.db]; workers on "
+                   "several machines given one database (e.g. postgresql://user@host/labs) share the lab.")
+@click.option("--max-units", type=click.IntRange(min=1), default=None,
+              help="Train at most this many units in this call (one worker).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
-              help="Seeds per configuration [the preset's for this scale]; bound to the lab folder once run.")
-@click.option("--report-only", is_flag=True, help="Only rewrite results.md and report.html from the runs so far.")
+              help="Seeds per configuration [the preset's for this scale].")
+@click.option("--report-only", is_flag=True, help="Only rewrite results.md and report.html from the result files.")
 @click.option("--no-figures", is_flag=True, help="Skip report.html (results.md only).")
 @click.option("--list", "list_only", is_flag=True, help="List the presets and their experiments.")
-def command(name, scale, data, sets, labs_dir, sweeps_dir, max_points, seeds, report_only, no_figures, list_only):
+@click.option("--worker", is_flag=True, hidden=True, help="Only take units from the queue (started by --jobs).")
+@click.option("--queue", "queue_name", default=None, hidden=True, help="The queue a --worker takes units from.")
+def command(name, scale, data, sets, labs_dir, sweeps_dir, results_dir, jobs, storage, max_units, seeds,
+            report_only, no_figures, list_only, worker, queue_name):
     """Run a course lab's experiments and put our numbers beside the report's."""
-    from pipeline.lab.run import LabRun, lab_folder, prepare_data, run_lab
+    from pipeline.lab.run import LabRun, lab_folder, prepare_data, run_lab, work
     from pipeline.lab.spec import list_labs, load_lab
     from pipeline.sweep.spec import parse_sets
 
@@ -107,21 +125,23 @@ def command(name, scale, data, sets, labs_dir, sweeps_dir, max_points, seeds, re
     if not name:
         raise PipelineError(f"name a lab: {', '.join(list_labs(labs_dir)) or 'none in ' + labs_dir}")
     spec = load_lab(name, labs_dir)
-    overrides = parse_sets(sets)
     started = time.time()
-    seeds = seeds or spec.scale(scale).seeds
-    if report_only:
-        lab = LabRun(spec, scale, lab_folder(name, scale, sweeps_dir), prepare_data(spec, scale, data), overrides,
-                     seeds)
-        if not lab.folder.is_dir():
-            raise PipelineError(f"{lab.folder}: the lab has not been run at this scale")
-    else:
+    lab = LabRun(spec, scale, lab_folder(name, scale, sweeps_dir), prepare_data(spec, scale, data), parse_sets(sets),
+                 seeds or spec.scale(scale).seeds, Path(results_dir))
+    if worker:
+        if not (storage and queue_name):
+            raise PipelineError("--worker takes units from a queue run_lab made: give --storage and --queue")
+        work(lab, storage, queue_name)
+        return
+    if report_only and not lab.results.is_dir():
+        raise PipelineError(f"{lab.results}: no results of this lab at this scale yet")
+    if not report_only:
+        # the workers rebuild this lab from the same arguments (data resolved, so none prepares it again)
+        args = [name, "--scale", scale, "--data", lab.data, "--labs-dir", labs_dir, "--sweeps-dir", sweeps_dir,
+                "--results-dir", results_dir, "--seeds", str(lab.seeds), *(f"--set={s}" for s in sets)]
         try:
-            lab = run_lab(spec, scale, sweeps_dir=sweeps_dir, data=data, overrides=overrides, max_points=max_points,
-                          seeds=seeds)
+            run_lab(lab, storage=storage, jobs=jobs, max_units=max_units, worker_args=args)
         except KeyboardInterrupt:
-            lab = LabRun(spec, scale, lab_folder(name, scale, sweeps_dir), prepare_data(spec, scale, data), overrides,
-                         seeds)
             write_outputs(lab, started, figures=False)
             raise
     write_outputs(lab, started, figures=not no_figures)

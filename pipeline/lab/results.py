@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from pipeline.lab import store
 from pipeline.lab.run import LabRun
 from pipeline.lab.spec import Experiment
 
-DIVERGED = "loss became"  # the start of the engine's NonFiniteLoss message
 
 
 @dataclass
@@ -28,9 +26,11 @@ class Outcome:
     report: float | None
     point: str
     accs: list[float] = field(default_factory=list)  # finished seeds (diverged ones at chance)
-    runs: list[str] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)  # the units' names (their result files)
     epochs: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    histories: list[list[dict[str, Any]]] = field(default_factory=list)  # per seed: metrics rows
+    figures: list[dict[str, Any]] = field(default_factory=list)  # per seed: store.figure_data
     diverged: int = 0
     failed: list[str] = field(default_factory=list)  # other errors
     pending: int = 0  # seeds not finished yet (or never started)
@@ -45,31 +45,16 @@ class Outcome:
         return (max(self.accs) - min(self.accs)) / 2 if len(self.accs) > 1 else None
 
 
-def chance(lab: LabRun) -> float:
-    meta = json.loads((Path(lab.data) / "meta.json").read_text(encoding="utf-8"))
-    return 1.0 / len(meta["classes"])
-
-
-def point_rows(lab: LabRun, point: str) -> list[dict[str, str]]:
-    path = lab.points_dir / point / "results.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def last_val_acc(run_dir: Path) -> float:
-    """The last epoch's val accuracy (what a report quoting "accuracy at epoch 29" measured)."""
-    from pipeline.report.runs import read_metrics
-
-    rows = [r for r in read_metrics(run_dir) if r.get("val_acc") is not None]
-    return float(rows[-1]["val_acc"]) if rows else float("nan")
+def chance(unit: store.Unit) -> float:
+    return 1.0 / len(unit.data["classes"])
 
 
 def collect(lab: LabRun) -> dict[str, list[Outcome]]:
-    """experiment name -> one Outcome per variant, in the preset's order."""
-    seeds = lab.seeds
-    floor = chance(lab)
+    """experiment name -> one Outcome per variant, in the preset's order, from the lab's result files."""
+    from pipeline.lab.run import failures
+
+    done = store.load_results(lab.results)
+    errors = failures(lab)
     points = lab.spec.points(lab.scale)
     out: dict[str, list[Outcome]] = {}
     for exp in lab.spec.experiments:
@@ -77,24 +62,21 @@ def collect(lab: LabRun) -> dict[str, list[Outcome]]:
         for var in exp.variants:
             point = points[(exp.name, var.label)]
             o = Outcome(var.label, var.report, point.name)
-            done = 0
-            for row in point_rows(lab, point.name):
-                if row["state"] == "COMPLETE" and row["best_val_acc"]:
-                    o.accs.append(float(row["best_val_acc"]) if lab.spec.ours == "best"
-                                  else last_val_acc(lab.runs_dir / row["run"]))
-                    o.epochs.append(int(float(row["epochs"] or 0)))
-                elif row["state"] == "FAIL" and row.get("error", "").split(": ", 1)[-1].startswith(DIVERGED):
-                    o.accs.append(floor)
-                    o.diverged += 1
-                elif row["state"] == "FAIL":
-                    o.failed.append(row.get("error") or "failed")
-                else:
+            for unit in lab.units(point):
+                result = done.get(unit.name)
+                if result is None:
+                    o.pending += 1
+                    if unit.name in errors:
+                        o.failed.append(errors[unit.name])
                     continue
-                done += 1
-                o.runs.append(row["run"])
-                if row.get("wall_s"):
-                    o.seconds.append(float(row["wall_s"]))
-            o.pending = max(0, seeds - done)
+                o.accs.append(result.metric(lab.spec.ours, chance(unit)))
+                o.diverged += result.state == store.DIVERGED
+                o.runs.append(unit.name)
+                o.epochs.append(len(result.epochs))
+                o.histories.append(result.epochs)
+                o.figures.append(result.record.get("figures") or {})
+                if result.wall_s is not None:
+                    o.seconds.append(float(result.wall_s))
             rows.append(o)
         out[exp.name] = rows
     return out

@@ -189,8 +189,21 @@ def weights(ctx: RunContext) -> Section:
 
 @section("tsne", "t-SNE of penultimate-layer features (val)")
 def tsne(ctx: RunContext) -> Section:
+    from pipeline.report.features import perplexity_for
+
+    panels, labels = tsne_embeddings(ctx)
+    out = Section()
+    out.figures["tsne.png"] = plots.embedding_panels(panels, labels, ctx.classes)
+    out.html = (f"<p>{len(labels):,} val images; features are the input of the last linear layer; "
+                f"perplexity {perplexity_for(len(labels)):g}. Saved with <code>train --save-every K</code>, "
+                "epoch_&lt;N&gt;.pt snapshots give the early/middle/late views.</p>")
+    return out
+
+
+def tsne_embeddings(ctx: RunContext) -> tuple[list[tuple[str, np.ndarray]], np.ndarray]:
+    """([(panel title, 2-D t-SNE of the penultimate features)] per picked checkpoint, their true labels)."""
     from pipeline.checkpoint import build_model, load_checkpoint
-    from pipeline.report.features import capture_features, perplexity_for, pick_checkpoints, tsne_2d
+    from pipeline.report.features import capture_features, pick_checkpoints, tsne_2d
 
     images, labels, _ = ctx.val
     seed = int(ctx.config.get("seed", 0))
@@ -204,12 +217,7 @@ def tsne(ctx: RunContext) -> Section:
             ctx.forward(model, images[chosen])
         features = torch.cat(batches).numpy()
         panels.append((f"epoch {epoch} ({path.name}), {features.shape[1]}-d", tsne_2d(features, seed)))
-    out = Section()
-    out.figures["tsne.png"] = plots.embedding_panels(panels, labels[chosen], ctx.classes)
-    out.html = (f"<p>{n:,} val images; features are the input of the last linear layer; "
-                f"perplexity {perplexity_for(n):g}. Saved with <code>train --save-every K</code>, "
-                "epoch_&lt;N&gt;.pt snapshots give the early/middle/late views.</p>")
-    return out
+    return panels, labels[chosen]
 
 
 @section("params", "Parameters and MACs")

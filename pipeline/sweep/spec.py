@@ -204,18 +204,22 @@ class SweepSpec:
 def trial_config(spec: SweepSpec, params: dict[str, Any], run: str | None, resume: bool = False,
                  overwrite: bool = False):
     """One trial's TrainConfig: defaults < --base-config < --set < the trial's params."""
+    fields = {"run": run, "resume": resume, "overwrite": overwrite}
+    if spec.out_dir:
+        fields["out_dir"] = spec.out_dir
+    return train_config({**spec.fixed, **params}, spec.base_config, **fields)
+
+
+def train_config(values: dict[str, Any], base_config: str | None = None, **fields: Any):
+    """A TrainConfig from flat settings (model_opts.<name> keys): defaults < base_config < values < fields."""
     from pipeline.config import load_yaml, resolve_config
     from pipeline.train.config import TrainConfig
 
-    values = {**spec.fixed, **params}
     top = {k: v for k, v in values.items() if not k.startswith(MODEL_OPT)}
     opts = {k[len(MODEL_OPT):]: v for k, v in values.items() if k.startswith(MODEL_OPT)}
-    file_values = load_yaml(spec.base_config) if spec.base_config else {}
+    file_values = load_yaml(base_config) if base_config else {}
     model_opts = {**(file_values.get("model_opts") or {}), **opts}
-    overrides = {**top, "model_opts": model_opts, "run": run, "resume": resume, "overwrite": overwrite}
-    if spec.out_dir:
-        overrides["out_dir"] = spec.out_dir
-    cfg = resolve_config(TrainConfig, spec.base_config, overrides)
+    cfg = resolve_config(TrainConfig, base_config, {**top, "model_opts": model_opts, **fields})
     # resolve_config reads None as "not given"; a swept or --set null still applies.
     nulls = {k: None for k, v in top.items() if v is None}
     return dataclasses.replace(cfg, **nulls) if nulls else cfg

@@ -70,13 +70,8 @@ def default_storage(sweep_dir: Path) -> str:
 def open_study(spec: SweepSpec, storage: str, out_dir: Path) -> optuna.Study:
     """Create the study or load it; a stored study with another search space is refused."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    engine_kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
-    try:
-        rdb = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
-        names = {s.study_name for s in optuna.get_all_study_summaries(rdb)}
-    except Exception as e:  # SQLAlchemy/driver errors: name the URL, not a traceback
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PipelineError(f"--storage {_safe_url(storage)}: cannot open ({first})") from None
+    rdb = open_storage(storage)
+    names = {s.study_name for s in optuna.get_all_study_summaries(rdb)}
     existing = 0
     if spec.name in names:
         existing = len(optuna.load_study(study_name=spec.name, storage=rdb).trials)
@@ -105,6 +100,18 @@ def open_study(spec: SweepSpec, storage: str, out_dir: Path) -> optuna.Study:
             "rerun with the original flags or use a new --name"
         )
     return study
+
+
+def open_storage(storage: str) -> optuna.storages.RDBStorage:
+    """The study database at this SQLAlchemy URL (created if new); a failure names the URL."""
+    engine_kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
+    try:
+        rdb = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
+        optuna.get_all_study_summaries(rdb)  # connects: a wrong URL fails here, not mid-sweep
+    except Exception as e:  # SQLAlchemy/driver errors: name the URL, not a traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PipelineError(f"--storage {_safe_url(storage)}: cannot open ({first})") from None
+    return rdb
 
 
 def _pid_alive(pid: int) -> bool:
