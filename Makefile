@@ -32,6 +32,7 @@ GRID ?=
 LAB ?=
 SCALE ?= quick
 LAB_ARGS ?=
+JOBS ?=
 LABS := $(basename $(notdir $(wildcard configs/labs/*.yaml)))
 SHARED_BUNDLE ?= ../shared/competitions/cifar10-jpg/cifar10-jpg.zip
 PARAMS_DIR ?= .make
@@ -97,7 +98,7 @@ PREDICT_STALE := $(call stale,$(PREDICT_KEY),$(PREDICT_OPTS),$(PREDICT_VARS))
 ENSEMBLE_STALE := $(sort $(call stale,$(ENSEMBLE_KEY).runs,$(ENSEMBLE_RUNS),RUNS RUN) \
 	$(call stale,$(ENSEMBLE_KEY).opts,$(ENSEMBLE_OPTS),ENSEMBLE_ARGS))
 
-.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab demo smoke test test-gpu test-slow bench bench-models bench-engine bench-step bench-data quality leaderboard info zoo clean-demo
+.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab demo smoke test test-gpu test-slow bench bench-models bench-engine bench-step bench-data bench-lab quality leaderboard info zoo clean-demo
 
 FORCE:
 
@@ -163,9 +164,9 @@ report: $(RUN_DIR)/manifest.json ## Self-contained HTML report of RUN (curves, c
 sweep: $(DATA_DIR)/meta.json ## Optuna sweep: NAME=lr-study CONFIG=configs/x.yaml GRID="--grid lr=0.1,0.01"
 	$(PY) -m pipeline sweep --name $(NAME) $(if $(CONFIG),--base-config $(CONFIG)) --set data=$(DATA_DIR) $(GRID)
 
-lab: $(VENV_STAMP) ## A course lab beside its report: LAB=ece661-simplenn SCALE=quick|full (LAB_ARGS=--list)
+lab: $(VENV_STAMP) ## A course lab beside its report: LAB=ece661-simplenn SCALE=quick|full JOBS=2 (LAB_ARGS=--list)
 	@$(if $(LAB)$(filter --list,$(LAB_ARGS)),,echo "make lab: give LAB=<name> ($(LABS))" >&2; exit 2)
-	$(PY) -m pipeline lab $(LAB) --scale $(SCALE) $(LAB_ARGS)
+	$(PY) -m pipeline lab $(LAB) --scale $(SCALE) $(if $(JOBS),--jobs $(JOBS)) $(LAB_ARGS)
 
 info: $(VENV_STAMP) ## Per-layer params/MACs of MODEL
 	$(PY) -m pipeline info --model $(MODEL_NAME)
@@ -209,6 +210,9 @@ leaderboard: $(VENV_STAMP) ## The recipes that fit this machine + their greedy e
 
 bench-engine: $(VENV_STAMP) ## airbench94 steps through the engine vs a bare loop of the same maths (img/s ratio)
 	$(PY) bench/engine_overhead.py
+
+bench-lab: $(VENV_STAMP) ## Each CIFAR-10 lab's model through the lab runner vs a bare loop (img/s ratio; LABS_BENCH=a,b)
+	$(PY) -m bench.lab_throughput --data $(DATA_ROOT)/cifar10-jpg $(if $(LABS_BENCH),--labs $(LABS_BENCH))
 
 bench-step: $(VENV_STAMP) ## Per-step bookkeeping, item by item: optimizer for-loop/foreach/fused, EMA update, autocast
 	$(PY) bench/step_overhead.py

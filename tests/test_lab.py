@@ -129,6 +129,9 @@ def test_trend_line_of_a_claim():
     assert results.trend(exp, tie) == "augmentation raised val accuracy: report yes, ours tie"
     pending = [outcome("none", 0.657, []), outcome("crop+flip", 0.7286, [0.6])]
     assert results.trend(exp, pending) == "augmentation raised val accuracy: report yes, ours -"
+    # the agreement count: a claim counts once it is measured either way, a tie or a pending side not at all
+    assert [results.claims(exp, o) for o in (agree, disagree, noisy, tie, pending)] == \
+        [(1, 1), (0, 1), (1, 1), (0, 0), (0, 0)]
 
 
 def test_trend_line_of_an_ordering():
@@ -137,6 +140,7 @@ def test_trend_line_of_an_ordering():
     # pairs: (0.001, 0.01) agree, (0.001, 1) report 0.683 > 0.1054 but ours 0.4 < 0.5, (0.01, 1) agree
     assert results.trend(exp, rows) == "best: report lr 0.01; ours lr 0.01; pairwise order agrees on 2/3 pairs"
     assert results.trend(exp, rows[1:2]) == "report 74.00, ours 60.00"  # one variant: the two numbers
+    assert results.claims(exp, rows) == (2, 3) and results.claims(exp, rows[1:2]) == (0, 0)
     no_report = [outcome("a", None, [0.4]), outcome("b", None, [0.6])]
     assert results.trend(exp, no_report) == "best ours b; the report gives no numbers here"
 
@@ -188,6 +192,8 @@ def test_quick_lab_writes_ours_vs_report_with_trends_and_figures(tiny_lab, tmp_p
     assert re.search(r"Trend: BN raised val accuracy: report yes, ours (yes|no) \((agree|disagree)\)", md)
     assert "Trend: best ours L" in md and "the report gives no numbers here" in md
     assert "Machine: " in md and "cores" in md
+    # bn's claim (l1-vs-l2 has no report numbers, tsne one variant); a tie at 200 val images counts nothing
+    assert re.search(r"\*\*Agreement: ([01] of 1 claims agree with the report|no claim measured yet)", md)
     page = (folder / "report.html").read_text()
     for figure in ("bn-curves.png", "l1-vs-l2-curves.png", "l1-vs-l2-weights.png", "tsne-tsne-no-bn.png"):
         assert f"lab-tiny-quick/{figure}" in page, figure
@@ -339,6 +345,23 @@ def test_every_preset_runs_end_to_end_on_tiny_data(name, labs_dir, tiny_digits, 
     assert finished, rows
 
 
+def test_readme_lab_tables_match_the_committed_results(repo_root, labs_dir, monkeypatch):
+    """Each lab's README table is what its committed result files give (no data, no retraining)."""
+    from pipeline.lab.run import data_folder
+
+    monkeypatch.chdir(repo_root)
+    text = (repo_root / "README.md").read_text(encoding="utf-8")
+    shown = [name for name in PRESETS if f"<!-- lab:{name}:start -->" in text]
+    assert shown, "no lab table in README.md"
+    for name in shown:
+        spec = load_lab(name, labs_dir)
+        lab = LabRun(spec, "full", repo_root / "sweeps" / f"lab-{name}", str(data_folder(spec, "full")[0]), {},
+                     spec.scale("full").seeds, repo_root / "results" / "labs")
+        block = results.readme_block(lab, results.collect(lab))
+        assert results.replace_block(text, name, block, "README.md") == text, \
+            f"README.md's {name} table is stale: make lab LAB={name} SCALE=full LAB_ARGS='--report-only --readme README.md'"
+
+
 # -- Fashion-MNIST from local idx files (no download on this machine) ---------------------------------
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
@@ -388,6 +411,7 @@ def test_make_lab_runs_the_lab_command(repo_root, tmp_path):
     dry = make("-n", "lab", "LAB=ece661-simplenn", "SCALE=full")
     assert dry.returncode == 0 and "-m pipeline lab ece661-simplenn --scale full" in dry.stdout
     assert "--scale quick" in make("-n", "lab", "LAB=ece661-simplenn").stdout  # quick by default
+    assert "--scale full --jobs 2" in make("-n", "lab", "LAB=ece661-simplenn", "SCALE=full", "JOBS=2").stdout
     listed = make("lab", "LAB_ARGS=--list")
     assert listed.returncode == 0, listed.stderr
     assert [line.split(":")[0] for line in listed.stdout.splitlines() if line and not line.startswith(

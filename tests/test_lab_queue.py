@@ -3,6 +3,8 @@ SQLite study, and every unit is trained exactly once."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import uuid
 
 import optuna
 import pytest
@@ -26,12 +28,20 @@ def race(storage: str, name: str, start, out) -> None:
     out.put(mine)
 
 
-def test_two_processes_racing_claim_every_unit_once(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'queue.db'}"
+# PIPELINE_TEST_POSTGRES=postgresql://user:pass@127.0.0.1/db runs the race on PostgreSQL too
+POSTGRES = os.environ.get("PIPELINE_TEST_POSTGRES")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_processes_racing_claim_every_unit_once(tmp_path, backend):
+    if backend == "postgresql" and not POSTGRES:
+        pytest.skip("no PostgreSQL here: set PIPELINE_TEST_POSTGRES to a database URL to race on one")
+    storage = f"sqlite:///{tmp_path / 'queue.db'}" if backend == "sqlite" else POSTGRES
+    name = f"lab-x-{uuid.uuid4().hex}"  # a shared database keeps earlier runs' studies
     ctx = mp.get_context("spawn")
     start, out = ctx.Barrier(3), ctx.Queue()
     # both open (one creates and fills the queue, the other waits until it is ready), then race
-    workers = [ctx.Process(target=race, args=(storage, "lab-x", start, out)) for _ in range(2)]
+    workers = [ctx.Process(target=race, args=(storage, name, start, out)) for _ in range(2)]
     for w in workers:
         w.start()
     start.wait(timeout=120)
@@ -40,7 +50,7 @@ def test_two_processes_racing_claim_every_unit_once(tmp_path):
         w.join(timeout=60)
     assert sorted(claimed[0] + claimed[1]) == UNITS  # each unit once: no duplicate, none lost
     assert all(claimed), claimed  # both really took part
-    study = optuna.load_study(study_name="lab-x", storage=storage)
+    study = optuna.load_study(study_name=name, storage=storage)
     assert len(study.trials) == len(UNITS)  # the loser of the create race enqueued nothing
     assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
 

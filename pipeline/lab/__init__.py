@@ -106,12 +106,14 @@ def write_outputs(lab, started: float | None = None, figures: bool = True) -> di
 @click.option("--report-only", is_flag=True, help="Only rewrite results.md and report.html from the result files.")
 @click.option("--no-figures", is_flag=True, help="Skip report.html (results.md only).")
 @click.option("--list", "list_only", is_flag=True, help="List the presets and their experiments.")
+@click.option("--readme", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Also write the lab's table between its <!-- lab:NAME:start/end --> markers in this file.")
 @click.option("--worker", is_flag=True, hidden=True, help="Only take units from the queue (started by --jobs).")
 @click.option("--queue", "queue_name", default=None, hidden=True, help="The queue a --worker takes units from.")
 def command(name, scale, data, sets, labs_dir, sweeps_dir, results_dir, jobs, storage, max_units, seeds,
-            report_only, no_figures, list_only, worker, queue_name):
+            report_only, no_figures, list_only, readme, worker, queue_name):
     """Run a course lab's experiments and put our numbers beside the report's."""
-    from pipeline.lab.run import LabRun, lab_folder, prepare_data, run_lab, work
+    from pipeline.lab.run import LabRun, data_folder, lab_folder, prepare_data, run_lab, work
     from pipeline.lab.spec import list_labs, load_lab
     from pipeline.sweep.spec import parse_sets
 
@@ -126,7 +128,9 @@ def command(name, scale, data, sets, labs_dir, sweeps_dir, results_dir, jobs, st
         raise PipelineError(f"name a lab: {', '.join(list_labs(labs_dir)) or 'none in ' + labs_dir}")
     spec = load_lab(name, labs_dir)
     started = time.time()
-    lab = LabRun(spec, scale, lab_folder(name, scale, sweeps_dir), prepare_data(spec, scale, data), parse_sets(sets),
+    # redrawing needs no data (the result files name it): a clean checkout does not rebuild it
+    folder = (data or str(data_folder(spec, scale)[0])) if report_only else prepare_data(spec, scale, data)
+    lab = LabRun(spec, scale, lab_folder(name, scale, sweeps_dir), folder, parse_sets(sets),
                  seeds or spec.scale(scale).seeds, Path(results_dir))
     if worker:
         if not (storage and queue_name):
@@ -135,6 +139,7 @@ def command(name, scale, data, sets, labs_dir, sweeps_dir, results_dir, jobs, st
         return
     if report_only and not lab.results.is_dir():
         raise PipelineError(f"{lab.results}: no results of this lab at this scale yet")
+    lab.folder.mkdir(parents=True, exist_ok=True)
     if not report_only:
         # the workers rebuild this lab from the same arguments (data resolved, so none prepares it again)
         args = [name, "--scale", scale, "--data", lab.data, "--labs-dir", labs_dir, "--sweeps-dir", sweeps_dir,
@@ -144,6 +149,12 @@ def command(name, scale, data, sets, labs_dir, sweeps_dir, results_dir, jobs, st
         except KeyboardInterrupt:
             write_outputs(lab, started, figures=False)
             raise
-    write_outputs(lab, started, figures=not no_figures)
+    collected = write_outputs(lab, started, figures=not no_figures)
+    if readme:
+        from pipeline.artifacts import atomic_write_text
+        from pipeline.lab.results import readme_block, replace_block
+
+        text = Path(readme).read_text(encoding="utf-8")
+        atomic_write_text(readme, replace_block(text, name, readme_block(lab, collected), readme))
     click.echo((lab.folder / "results.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"-> {lab.folder / 'results.md'}" + ("" if no_figures else f", {lab.folder / 'report.html'}"))

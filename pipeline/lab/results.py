@@ -105,14 +105,40 @@ def trend(exp: Experiment, outcomes: list[Outcome]) -> str:
         parts.append(f"best: report {max(theirs, key=theirs.get)}")
     if ours:
         parts.append(f"{'ours' if theirs else 'best ours'} {max(ours, key=ours.get)}")
-    both = [o.label for o in outcomes if o.label in ours and o.label in theirs]
-    pairs = [(x, y) for i, x in enumerate(both) for y in both[i + 1:] if theirs[x] != theirs[y]]
+    pairs = ordered_pairs(outcomes)
     if pairs:
-        agree = sum((theirs[x] > theirs[y]) == (ours[x] > ours[y]) for x, y in pairs)
-        parts.append(f"pairwise order agrees on {agree}/{len(pairs)} pairs")
+        parts.append(f"pairwise order agrees on {sum(pairs.values())}/{len(pairs)} pairs")
     if not theirs:
         parts.append("the report gives no numbers here")
     return "; ".join(parts) if parts else "nothing measured yet"
+
+
+def ordered_pairs(outcomes: list[Outcome]) -> dict[tuple[str, str], bool]:
+    """(x, y) -> does our order of x and y agree with the report's, for the pairs both have measured
+    and the report tells apart."""
+    ours = {o.label: o.mean for o in outcomes if o.mean is not None}
+    theirs = {o.label: o.report for o in outcomes if o.report is not None}
+    both = [o.label for o in outcomes if o.label in ours and o.label in theirs]
+    return {(x, y): (theirs[x] > theirs[y]) == (ours[x] > ours[y])
+            for i, x in enumerate(both) for y in both[i + 1:] if theirs[x] != theirs[y]}
+
+
+def claims(exp: Experiment, outcomes: list[Outcome]) -> tuple[int, int]:
+    """(agreeing, measured) claims of one experiment: its stated claim, else each ordered pair."""
+    if exp.claim and len(outcomes) == 2:
+        line = trend(exp, outcomes)
+        return int("(agree)" in line), int("(agree)" in line or "(disagree)" in line)
+    if len(outcomes) == 1:
+        return 0, 0
+    pairs = ordered_pairs(outcomes)
+    return sum(pairs.values()), len(pairs)
+
+
+def agreement(lab: LabRun, collected: dict[str, list[Outcome]]) -> str:
+    counts = [claims(exp, collected[exp.name]) for exp in lab.spec.experiments]
+    agree, total = sum(a for a, _ in counts), sum(t for _, t in counts)
+    return (f"{agree} of {total} claims agree with the report (two-variant claims, and each pair of variants "
+            "the report orders)") if total else "no claim measured yet"
 
 
 def _yes(new: float | None, old: float | None) -> str:
@@ -170,6 +196,7 @@ def results_markdown(lab: LabRun, collected: dict[str, list[Outcome]], machine: 
                       "are not comparable with the report's, only its directions are a first hint."]
     for note in spec.notes:
         lines += ["", f"- {note}"]
+    lines += ["", f"**Agreement: {agreement(lab, collected)}.**"]
     for exp in spec.experiments:
         outcomes = collected[exp.name]
         lines += ["", f"## {exp.title}", ""]
@@ -183,6 +210,35 @@ def results_markdown(lab: LabRun, collected: dict[str, list[Outcome]], machine: 
         if errors:
             lines += ["", "Errors:", ""] + errors
     return "\n".join(lines) + "\n"
+
+
+def readme_block(lab: LabRun, collected: dict[str, list[Outcome]]) -> str:
+    """The lab's section of README.md: every variant ours vs the report, the trend lines, the agreement."""
+    units = [o for outs in collected.values() for o in outs]
+    machines = sorted({r.record["machine"] for r in store.load_results(lab.results).values()})
+    seconds = {run: s for o in units for run, s in zip(o.runs, o.seconds)}  # shared units counted once
+    lines = [f"{lab.spec.title}. Report's metric: {lab.spec.metric}; ours: the {lab.spec.ours} epoch's val "
+             f"accuracy, one seed unless n is shown. **{agreement(lab, collected)}.** "
+             f"{len(seconds)} units, {sum(seconds.values()) / 60:.0f} min of training in all, on "
+             f"{'; '.join(machines) or '-'}.", "",
+             "| experiment | variant | report | ours | ours - report |", "|---|---|---:|---:|---:|"]
+    for exp in lab.spec.experiments:
+        for row in table_rows(collected[exp.name]):
+            lines.append(f"| {exp.name} | " + " | ".join(row[:4]) + " |")
+    lines += ["", "Trends:", ""]
+    lines += [f"- {exp.name}: {trend(exp, collected[exp.name])}" for exp in lab.spec.experiments]
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, name: str, block: str, where: str) -> str:
+    """`text` with the part between <!-- lab:NAME:start --> and <!-- lab:NAME:end --> set to `block`."""
+    from pipeline.errors import PipelineError
+
+    start, end = f"<!-- lab:{name}:start -->", f"<!-- lab:{name}:end -->"
+    if start not in text or end not in text:
+        raise PipelineError(f"{where}: no {start} ... {end} markers to put the lab's table between")
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{block}{end}{rest.split(end, 1)[1]}"
 
 
 def results_csv(collected: dict[str, list[Outcome]]) -> str:

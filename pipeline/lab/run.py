@@ -41,6 +41,7 @@ class LabRun:
     overrides: dict[str, Any]  # --set, over every point (machine keys: device, workers, ...)
     seeds: int  # seeds per point: the scale's, or --seeds
     results_dir: Path = field(default_factory=lambda: store.RESULTS_DIR)
+    identity: dict[str, Any] | None = field(default=None, repr=False)  # store.data_identity, read once
 
     @property
     def runs_dir(self) -> Path:
@@ -58,10 +59,19 @@ class LabRun:
     def settings(self, point: Point) -> dict[str, Any]:
         return {**point.settings, **self.overrides, "data": self.data}
 
+    def data_identity(self) -> dict[str, Any]:
+        """The data's identity from its meta.json, or (no data here: a clean checkout redrawing the
+        tables) from the result files, which all name it."""
+        if self.identity is None:
+            if (Path(self.data) / "meta.json").is_file():
+                self.identity = store.data_identity(self.data)
+            else:
+                self.identity = store.identity_of_results(self.results, self.data)
+        return self.identity
+
     def units(self, point: Point) -> list[store.Unit]:
-        identity = store.data_identity(self.data)
         settings = store.unit_settings(point, self.overrides)
-        return [store.Unit(point, seed, settings, identity) for seed in range(self.seeds)]
+        return [store.Unit(point, seed, settings, self.data_identity()) for seed in range(self.seeds)]
 
     def all_units(self) -> dict[str, store.Unit]:
         return {u.name: u for p in self.spec.unique_points(self.scale) for u in self.units(p)}
@@ -79,6 +89,15 @@ def lab_folder(name: str, scale: str, sweeps_dir: str | Path = "sweeps") -> Path
     return Path(sweeps_dir) / (f"lab-{name}" if scale == "full" else f"lab-{name}-{scale}")
 
 
+def data_folder(spec: LabSpec, scale: str):
+    """(the scale's data folder, its DataConfig)."""
+    from pipeline.config import resolve_config
+    from pipeline.data.stage import DataConfig
+
+    cfg = resolve_config(DataConfig, None, spec.scale(scale).data)
+    return Path(cfg.data_root) / cfg.competition, cfg
+
+
 def prepare_data(spec: LabSpec, scale: str, data: str | None) -> str:
     """The data folder: --data as given, else the scale's competition under its data_root,
     built with the data stage when it is not there yet."""
@@ -86,11 +105,9 @@ def prepare_data(spec: LabSpec, scale: str, data: str | None) -> str:
         if not (Path(data) / "meta.json").is_file():
             raise PipelineError(f"{data}: not a prepared data folder (no meta.json); run `pipeline data` first")
         return str(data)
-    from pipeline.config import resolve_config
-    from pipeline.data.stage import DataConfig, run as run_data
+    from pipeline.data.stage import run as run_data
 
-    cfg = resolve_config(DataConfig, None, spec.scale(scale).data)
-    folder = Path(cfg.data_root) / cfg.competition
+    folder, cfg = data_folder(spec, scale)
     if not (folder / "meta.json").is_file():
         log.warning("lab %s: preparing %s (%s)", spec.name, folder, cfg.source or "built-in source")
         run_data(cfg)

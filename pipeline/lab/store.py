@@ -50,6 +50,15 @@ def data_identity(data_dir: str | Path) -> dict[str, Any]:
         raise PipelineError(f"{path}: not a readable data meta.json ({e})") from None
 
 
+def identity_of_results(folder: Path, data: str) -> dict[str, Any]:
+    """The one data identity the result files in `folder` name (to redraw tables without the data)."""
+    seen = {json.dumps(r.record.get("data"), sort_keys=True) for r in load_results(folder).values()}
+    if len(seen) != 1:
+        raise PipelineError(f"{data}: no prepared data here, and {folder} holds "
+                            f"{'no result' if not seen else 'results of several data sets'} to take its identity from")
+    return json.loads(seen.pop())
+
+
 def unit_settings(point: Point, overrides: dict[str, Any]) -> dict[str, Any]:
     """The settings a unit trains with, less the machine's own choices."""
     return {k: v for k, v in {**point.settings, **overrides}.items() if k not in MACHINE_KEYS}

@@ -105,13 +105,23 @@ def open_study(spec: SweepSpec, storage: str, out_dir: Path) -> optuna.Study:
 def open_storage(storage: str) -> optuna.storages.RDBStorage:
     """The study database at this SQLAlchemy URL (created if new); a failure names the URL."""
     engine_kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
-    try:
-        rdb = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
-        optuna.get_all_study_summaries(rdb)  # connects: a wrong URL fails here, not mid-sweep
-    except Exception as e:  # SQLAlchemy/driver errors: name the URL, not a traceback
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PipelineError(f"--storage {_safe_url(storage)}: cannot open ({first})") from None
-    return rdb
+    for attempt in range(3):
+        try:
+            rdb = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
+            optuna.get_all_study_summaries(rdb)  # connects: a wrong URL fails here, not mid-sweep
+            return rdb
+        except ImportError as e:  # no driver for this database: say which to install
+            raise PipelineError(f"--storage {_safe_url(storage)}: {e} (PostgreSQL: pip install 'psycopg[binary]')") \
+                from None
+        except Exception as e:  # SQLAlchemy/driver errors: name the URL, not a traceback
+            # workers starting together on an empty server database race to create its tables: the
+            # loser fails once, then finds them made
+            if attempt < 2 and not storage.startswith("sqlite"):
+                time.sleep(1 + attempt)
+                continue
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PipelineError(f"--storage {_safe_url(storage)}: cannot open ({first})") from None
+    raise AssertionError("unreachable")
 
 
 def _pid_alive(pid: int) -> bool:
