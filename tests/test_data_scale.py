@@ -159,8 +159,9 @@ def test_7z_sizes_are_checked_before_extracting(tmp_path):
     with pytest.raises(PipelineError, match=r"big\.7z:train/1\.png: 3\.0 MiB, over the 2 MiB limit for a file "
                                             r"inside an archive \(raise it with --max-member-mb\)$"):
         _run(tmp_path, archive, max_member_mb=2)
-    with pytest.raises(PipelineError, match=r"/big\.7z: 3\.0 MiB, over the 1 MiB limit for what one archive "
-                                            r"extracts to disk \(raise it with --max-extract-mb\)$"):
+    with pytest.raises(PipelineError, match=r"/big\.7z: 3\.0 MiB, over the 1 MiB limit for what one run "
+                                            r"extracts to disk, nested archives included \(raise it with "
+                                            r"--max-extract-mb\)$"):
         _run(tmp_path, archive, max_extract_mb=1)
     assert not (tmp_path / "data" / "comp").exists() and _hidden(tmp_path) == []
 
