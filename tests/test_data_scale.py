@@ -189,7 +189,7 @@ def test_csv_bomb_is_refused_before_it_is_read(tmp_path):
 def test_csv_is_also_checked_while_streamed(tmp_path):
     """A folder file has no header to trust: the streamed byte count trips the limit."""
     from pipeline.data.archives import FileTree, _FolderBackend
-    from pipeline.data.kaggle_layout import read_csv
+    from pipeline.data.kaggle_layout import csv_records
     from pipeline.data.limits import Limits
 
     folder = write_tree(tmp_path / "src", {"labels.csv": b"id,label\n" + b"1,a\n" * 400_000})
@@ -197,7 +197,7 @@ def test_csv_is_also_checked_while_streamed(tmp_path):
     backend.size = lambda key: 10  # a size that lies
     tree = FileTree.from_backend(backend, "src", Limits(csv_mb=1))
     with pytest.raises(PipelineError, match=r"^src/labels\.csv: 1\.0 MiB, over the 1 MiB limit for a CSV file"):
-        read_csv(tree, "labels.csv")
+        list(csv_records(tree, "labels.csv"))
 
 
 def test_zip_member_over_the_limit_names_member_and_limit(tmp_path):
