@@ -534,3 +534,27 @@ def test_integer_labels_with_a_huge_index_do_not_build_the_range(tmp_path):
     rows = _labels_tree(tmp_path, ["0", "1", "999999999"])
     with pytest.raises(PipelineError, match=r"integer labels must cover 0\.\.999999999, but class 2 never occurs"):
         encode_labels(rows, None)
+
+
+def test_gzipped_idx_is_inflated_only_as_far_as_its_header_says(tmp_path):
+    """A Fashion-MNIST idx.gz claiming 2 images but inflating to 64 MiB: read 2 x 28 x 28 + 1 bytes,
+    then refused; one claiming more than --max-member-mb is refused from its 16-byte header."""
+    import tracemalloc
+
+    from pipeline.data.limits import Limits
+    from pipeline.data.sources import IDX_IMAGES, read_idx
+
+    header = struct.pack(">IIII", IDX_IMAGES, 2, 28, 28)
+    body, _, _ = deflate_zeros(64, head=header)
+    bomb = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + body + bytes(8)  # never read to its trailer
+    tracemalloc.start()
+    with pytest.raises(PipelineError, match=r"^fm.gz: header says \(2, 28, 28\), data has 1569 bytes$"):
+        read_idx(bomb, "fm.gz", IDX_IMAGES)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2 * MIB
+    huge = struct.pack(">IIII", IDX_IMAGES, 10**6, 100, 100)
+    gz = zlib.compressobj(6, zlib.DEFLATED, 31)
+    with pytest.raises(PipelineError, match=r"^fm.gz: 9,536\.7 MiB, over the 4,096 MiB limit for a file inside an "
+                                            r"archive \(raise it with --max-member-mb\)$"):
+        read_idx(gz.compress(huge) + gz.flush(), "fm.gz", IDX_IMAGES, Limits())

@@ -58,7 +58,8 @@ class DataConfig:
     workers: int = setting(0, "Image decode processes; 0: one per available core.")
     max_member_mb: int = setting(Limits.member_mb, "Largest file read from inside an archive, MiB.")
     max_csv_mb: int = setting(Limits.csv_mb, "Largest CSV read, MiB.")
-    max_extract_mb: int = setting(Limits.extract_mb, "Most one tar/7z may extract to scratch space, MiB.")
+    max_extract_mb: int = setting(Limits.extract_mb, "Most the archives of one run may write to scratch space in "
+                                                     "all (extracted files, nested archive copies), MiB.")
     flip: Optional[bool] = setting(None, "Whether a horizontal flip keeps an image's label (recorded in meta.json; "
                                          "train's flips and predict's TTA follow it); unset: from the competition's "
                                          "name and classes, off for digits and text-like data, on for photos and "
