@@ -558,3 +558,11 @@ def test_gzipped_idx_is_inflated_only_as_far_as_its_header_says(tmp_path):
     with pytest.raises(PipelineError, match=r"^fm.gz: 9,536\.7 MiB, over the 4,096 MiB limit for a file inside an "
                                             r"archive \(raise it with --max-member-mb\)$"):
         read_idx(gz.compress(huge) + gz.flush(), "fm.gz", IDX_IMAGES, Limits())
+
+
+def test_damaged_image_member_names_the_member_and_the_fix(tmp_path):
+    files, _ = kaggle_files()
+    archive = corrupt_member(write_zip(tmp_path / "comp.zip", files), "train/4.png")
+    with pytest.raises(PipelineError, match=r"comp\.zip:train/4\.png: damaged archive member \(Bad CRC-32 for file "
+                                            r"'train/4\.png'\); download or re-create the archive$"):
+        _run(tmp_path, archive)

@@ -275,6 +275,10 @@ def safe_extract(archive: Path, target: Path, label: str | None = None, limits: 
 READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
+def damaged(where: str, error: BaseException) -> PipelineError:
+    return PipelineError(f"{where}: damaged archive member ({error}); download or re-create the archive")
+
+
 class GuardedReader(io.RawIOBase):
     """A member's stream whose read errors become one line naming the member (never a traceback)."""
 
@@ -288,8 +292,7 @@ class GuardedReader(io.RawIOBase):
         try:
             data = self._raw.read(len(buffer))
         except READ_ERRORS as e:
-            raise PipelineError(f"{self._where}: damaged archive member ({e}); download or re-create the archive") \
-                from None
+            raise damaged(self._where, e) from None
         buffer[: len(data)] = data
         return len(data)
 
@@ -397,7 +400,7 @@ class FileTree:
             self.limits.check_member(backend.where(key), backend.size(key))
             return backend.read(key)
         except READ_ERRORS as e:
-            raise PipelineError(f"{backend.where(key)}: cannot read ({e})") from None
+            raise damaged(backend.where(key), e) from None
 
     def open(self, name: str) -> BinaryIO:
         """A stream of the member; a damaged one fails with a one-line error naming it."""
@@ -406,7 +409,7 @@ class FileTree:
         try:
             raw = backend.open(key)
         except READ_ERRORS as e:
-            raise PipelineError(f"{backend.where(key)}: cannot read ({e})") from None
+            raise damaged(backend.where(key), e) from None
         return io.BufferedReader(GuardedReader(raw, backend.where(key)), 1 << 16)
 
     def close(self) -> None:
