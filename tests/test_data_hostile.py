@@ -566,3 +566,22 @@ def test_damaged_image_member_names_the_member_and_the_fix(tmp_path):
     with pytest.raises(PipelineError, match=r"comp\.zip:train/4\.png: damaged archive member \(Bad CRC-32 for file "
                                             r"'train/4\.png'\); download or re-create the archive$"):
         _run(tmp_path, archive)
+
+
+def test_a_huge_read_request_on_an_image_stream_holds_no_more_than_its_limit():
+    """Pillow trusts length fields: read(1 TB) on a member stream fills at most limit + 1 bytes."""
+    import tracemalloc
+
+    from pipeline.data.images import _Member
+
+    member = _Member(io.BytesIO(bytes(8 * MIB)), "comp.zip:train/1.png", 2 * MIB)
+    assert member.read(10) == bytes(10) and member.seek(0, io.SEEK_CUR) == 10
+    tracemalloc.start()
+    with pytest.raises(PipelineError, match=r"^comp\.zip:train/1\.png: more than 2\.0 MiB read and still no complete "
+                                            r"image; not a real image file \(remove it\)$"):
+        member.read(1 << 40)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 5 * MIB  # the buffer and the last chunk read into it: twice the limit
+    small = _Member(io.BytesIO(b"abc"), "x", 2 * MIB)
+    assert small.read() == b"abc" and small.seek(0, io.SEEK_END) == 3 and small.read(5) == b""

@@ -274,14 +274,16 @@ class _Member(io.RawIOBase):
         self._buf, self._pos, self._eof = bytearray(), 0, False
 
     def _fill(self, upto: int) -> None:
+        # Never more than limit + 1 bytes, whatever a (hostile) length field makes Pillow ask for.
+        upto = min(upto, self.limit + 1)
         while len(self._buf) < upto and not self._eof:
-            if len(self._buf) > self.limit:
-                raise PipelineError(
-                    f"{self.where}: more than {self.limit / MIB:,.1f} MiB read and still no complete image; "
-                    "not a real image file (remove it)")
-            chunk = self._raw.read(max(upto - len(self._buf), 1 << 16))
+            chunk = self._raw.read(min(max(upto - len(self._buf), 1 << 16), self.limit + 1 - len(self._buf)))
             self._eof = not chunk
             self._buf += chunk
+        if len(self._buf) > self.limit:
+            raise PipelineError(
+                f"{self.where}: more than {self.limit / MIB:,.1f} MiB read and still no complete image; "
+                "not a real image file (remove it)")
 
     def readable(self) -> bool:
         return True
@@ -301,11 +303,18 @@ class _Member(io.RawIOBase):
         self._pos = max(offset, 0)
         return self._pos
 
-    def readinto(self, buffer) -> int:
-        self._fill(self._pos + len(buffer))
-        piece = self._buf[self._pos:self._pos + len(buffer)]
-        buffer[: len(piece)] = piece
+    def read(self, size: int | None = -1) -> bytes:
+        # RawIOBase.read(n) would allocate n bytes before reading: a length field could ask for 2 GB.
+        end = self.limit + 1 if size is None or size < 0 else self._pos + size
+        self._fill(end)
+        with memoryview(self._buf) as view:
+            piece = bytes(view[self._pos:end])
         self._pos += len(piece)
+        return piece
+
+    def readinto(self, buffer) -> int:
+        piece = self.read(len(buffer))
+        buffer[: len(piece)] = piece
         return len(piece)
 
     def close(self) -> None:
