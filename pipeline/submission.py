@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +90,26 @@ def read_sample(path: str | os.PathLike) -> SampleSubmission:
     return SampleSubmission(path, header, ids, [line for line, fields in rows if fields])
 
 
+def check_meta(meta: Any, where: str = "meta.json") -> None:
+    """The fields a submission check reads, with their types: a hand-edited meta.json gets one line, not a TypeError."""
+    fix = "rebuild it with `python -m pipeline data` or restore the field"
+    if not isinstance(meta, dict):
+        raise PipelineError(f"{where}: expected a JSON object, got {type(meta).__name__}; {fix}")
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, (str, int)) for c in classes):
+        raise PipelineError(f"{where}: 'classes' is {json.dumps(classes)[:60]}, expected a list of class names; {fix}")
+    submission = meta.get("submission", {})
+    if not isinstance(submission, dict):
+        raise PipelineError(f"{where}: 'submission' is {json.dumps(submission)[:60]}, expected an object; {fix}")
+    for key in ("file", "label_form"):
+        if key in submission and not isinstance(submission[key], str):
+            raise PipelineError(f"{where}: 'submission.{key}' is {json.dumps(submission[key])[:60]}, expected a "
+                                f"string; {fix}")
+
+
 def label_names(meta: dict[str, Any]) -> list[str]:
     """The strings a submission may use as labels, indexed by class."""
+    check_meta(meta)
     form = meta.get("submission", {}).get("label_form", "name")
     classes = list(meta["classes"])
     if form == "name":
@@ -229,6 +248,7 @@ def resolve_references(
     if data is not None:
         meta_path = Path(data) / "meta.json"
         meta = read_json(meta_path)
+        check_meta(meta, str(meta_path))
         if sample is None:
             sample = Path(data) / meta.get("submission", {}).get("file", "sample_submission.csv")
     if sample is None:

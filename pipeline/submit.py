@@ -151,21 +151,33 @@ def run_submit(cfg: SubmitConfig, echo: Callable[[str], None] = click.echo) -> d
     file, ledger = Path(cfg.file), Path(cfg.ledger)
     if not file.is_file():
         raise PipelineError(f"{file}: not found; run `python -m pipeline ensemble RUN...` first")
-    prov = provenance(file, cfg.data)
-    if prov.data_root is None:
-        raise PipelineError(f"{file}: no ensemble manifest beside it ({sidecar_path(file).name}); pass --data DIR")
-    sample, labels, meta = resolve_references(file, prov.data_root, None)
-    slug = cfg.competition or kaggle_slug(meta)
-    message = cfg.message or default_message(prov)
     row: dict[str, Any] = {
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "file": str(file), "file_sha256": sha256_file(file), "competition": slug,
-        "runs": "+".join(prov.runs),
+        "file": str(file), "file_sha256": sha256_file(file), "competition": cfg.competition,
+    }
+    try:
+        prov = provenance(file, cfg.data)
+        if prov.data_root is None:
+            raise PipelineError(f"{file}: no ensemble manifest beside it ({sidecar_path(file).name}); pass --data DIR")
+        sample, labels, meta = resolve_references(file, prov.data_root, None)
+    except PipelineError as e:
+        # Every try is a row, one that fails before its data folder is known included.
+        append_ledger(ledger, {**row, "message": cfg.message, "status": f"failed: {e}"})
+        raise
+    slug = cfg.competition or kaggle_slug(meta)
+    message = cfg.message or default_message(prov)
+    row.update({
+        "competition": slug, "runs": "+".join(prov.runs),
         "val_accuracy": f"{prov.val_accuracy:.6f}" if prov.val_accuracy is not None else "",
         "message": message,
-    }
+    })
 
-    problems = validate_predictions(file, sample, labels)
+    try:
+        problems = validate_predictions(file, sample, labels)
+    except PipelineError as e:
+        # An unreadable file (not UTF-8, a broken quote) is a try like any other: it gets its row.
+        append_ledger(ledger, {**row, "status": f"failed: {e}"})
+        raise
     if problems:
         echo(report(file, problems, len(sample.ids)))
         append_ledger(ledger, {**row, "status": f"failed: invalid file ({len(problems)} problems)"})

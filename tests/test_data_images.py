@@ -16,6 +16,12 @@ class Files(dict):
     def read(self, name):
         return self[name]
 
+    def open(self, name):
+        return io.BytesIO(self[name])
+
+    def size(self, name):
+        return len(self[name])
+
     def where(self, name):
         return f"comp.zip:{name}"
 

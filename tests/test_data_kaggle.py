@@ -94,7 +94,7 @@ def test_class_subfolders_without_sample_submission(tmp_path):
         (lambda f: f.__setitem__("trainLabels.csv", f["trainLabels.csv"].replace(b"5,dog", b"5,wolf")),
          r"{zip}:trainLabels\.csv: line 6: unknown class 'wolf' \(known: cat, dog, frog\)"),
         (lambda f: f.__setitem__("sampleSubmission.csv", f["sampleSubmission.csv"] + b"404,cat\n"),
-         r"{zip}:sampleSubmission\.csv: 1 ids have no image in test/: 404"),
+         r"{zip}:sampleSubmission\.csv: 1 ids have no image in test/: '404' \(line 9\)$"),
         (lambda f: f.__setitem__("train/3.png", f["train/3.png"][:40]),
          r"{zip}:train/3\.png: cannot decode image"),
         (lambda f: f.pop("trainLabels.csv"),

@@ -159,8 +159,9 @@ def test_7z_sizes_are_checked_before_extracting(tmp_path):
     with pytest.raises(PipelineError, match=r"big\.7z:train/1\.png: 3\.0 MiB, over the 2 MiB limit for a file "
                                             r"inside an archive \(raise it with --max-member-mb\)$"):
         _run(tmp_path, archive, max_member_mb=2)
-    with pytest.raises(PipelineError, match=r"/big\.7z: 3\.0 MiB, over the 1 MiB limit for what one archive "
-                                            r"extracts to disk \(raise it with --max-extract-mb\)$"):
+    with pytest.raises(PipelineError, match=r"/big\.7z: 3\.0 MiB, over the 1 MiB limit for what one run "
+                                            r"extracts to disk, nested archives included \(raise it with "
+                                            r"--max-extract-mb\)$"):
         _run(tmp_path, archive, max_extract_mb=1)
     assert not (tmp_path / "data" / "comp").exists() and _hidden(tmp_path) == []
 
@@ -188,7 +189,7 @@ def test_csv_bomb_is_refused_before_it_is_read(tmp_path):
 def test_csv_is_also_checked_while_streamed(tmp_path):
     """A folder file has no header to trust: the streamed byte count trips the limit."""
     from pipeline.data.archives import FileTree, _FolderBackend
-    from pipeline.data.kaggle_layout import read_csv
+    from pipeline.data.kaggle_layout import csv_records
     from pipeline.data.limits import Limits
 
     folder = write_tree(tmp_path / "src", {"labels.csv": b"id,label\n" + b"1,a\n" * 400_000})
@@ -196,7 +197,7 @@ def test_csv_is_also_checked_while_streamed(tmp_path):
     backend.size = lambda key: 10  # a size that lies
     tree = FileTree.from_backend(backend, "src", Limits(csv_mb=1))
     with pytest.raises(PipelineError, match=r"^src/labels\.csv: 1\.0 MiB, over the 1 MiB limit for a CSV file"):
-        read_csv(tree, "labels.csv")
+        list(csv_records(tree, "labels.csv"))
 
 
 def test_zip_member_over_the_limit_names_member_and_limit(tmp_path):

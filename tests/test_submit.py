@@ -267,3 +267,25 @@ def test_local_data_has_no_kaggle_competition_until_one_is_named(workdir, client
     assert client.received_sha256() == []
     code, out, err = run_cli(["submit", "--competition", SLUG], capsys)
     assert code == 0 and len(client.received_sha256()) == 1
+
+
+def test_dry_run_on_a_file_that_is_not_utf8_still_writes_its_ledger_row(workdir, tmp_path, monkeypatch, capsys):
+    isolate_kaggle(monkeypatch, tmp_path / "nohome")
+    predictions = workdir / "submissions" / "predictions.csv"
+    predictions.write_bytes(predictions.read_bytes().replace(b"\n", b"\n\xff", 1))
+    code, out, err = run_cli(["submit", "--dry-run"], capsys)
+    assert_one_line_error(code, err, "predictions.csv: not UTF-8 text (byte")
+    [row] = ledger_rows(workdir)  # every try is a row, dry runs that fail on encoding included
+    assert row["status"].startswith("failed: ") and "not UTF-8" in row["status"]
+    assert row["file_sha256"] == sha256(predictions)
+
+
+@pytest.mark.parametrize("classes, shown", [(None, "null"), ("cat", '"cat"'), ([], "[]"), ([["a"]], '[["a"]]')])
+def test_hand_edited_meta_classes_is_a_one_line_error_in_validate_and_submit(workdir, capsys, classes, shown):
+    _rewrite_meta(workdir, classes=classes)
+    code, out, err = run_cli(["validate", "submissions/predictions.csv", "--data", "data/tiny"], capsys)
+    assert_one_line_error(code, err, f"meta.json: 'classes' is {shown}, expected a list of class names",
+                          "python -m pipeline data")
+    code, out, err = run_cli(["submit", "--dry-run"], capsys)
+    assert_one_line_error(code, err, f"meta.json: 'classes' is {shown}")
+    assert ledger_rows(workdir)[-1]["status"].startswith("failed: ")

@@ -8,6 +8,7 @@ headers are held to the Limits, whether or not the member would ever be read.
 """
 from __future__ import annotations
 
+import io
 import lzma
 import os
 import re
@@ -39,13 +40,24 @@ def check_member_name(name: str, archive: str) -> None:
         raise PipelineError(f"{archive}: member '{name}' would escape the target folder")
 
 
+# How deep archives inside the source are opened: source.zip > train.zip > train.7z is 2.
+MAX_NESTING = 2
+
+
+def _check_size(name: str, size: int, archive: str, limits: Limits, extracted: bool) -> None:
+    limits.check_member(f"{archive}:{name}", size)
+    if extracted and name.lower().endswith(".csv"):
+        # Its header holds the size: refuse an oversized CSV before a byte of it reaches the disk.
+        limits.check_csv(f"{archive}:{name}", size)
+
+
 def _check_sizes(sizes: Iterable[tuple[str, int]], archive: str, limits: Limits, extracted: bool) -> None:
     total = 0
     for name, size in sizes:
-        limits.check_member(f"{archive}:{name}", size)
+        _check_size(name, size, archive, limits, extracted)
         total += size
     if extracted:
-        limits.check_extract(archive, total)
+        limits.charge_extract(archive, total)
 
 
 def _check_zip(zf: zipfile.ZipFile, archive: str, limits: Limits, extracted: bool = False) -> list[zipfile.ZipInfo]:
@@ -59,14 +71,20 @@ def _check_zip(zf: zipfile.ZipFile, archive: str, limits: Limits, extracted: boo
 
 
 def _check_tar(tf: tarfile.TarFile, archive: str, limits: Limits) -> list[tarfile.TarInfo]:
-    members = tf.getmembers()
-    for m in members:
+    """Every header checked as it is reached: a member whose header holds a bomb's size is refused
+    before the stream is decompressed past it (a tar's headers are spread through its data)."""
+    members, total = [], 0
+    for m in tf:
         check_member_name(m.name, archive)
         if m.issym() or m.islnk():
             raise PipelineError(f"{archive}: member '{m.name}' is a link; links are not allowed")
         if not (m.isfile() or m.isdir()):
             raise PipelineError(f"{archive}: member '{m.name}' is not a regular file")
-    _check_sizes(((m.name, m.size) for m in members), archive, limits, extracted=True)
+        _check_size(m.name, m.size, archive, limits, extracted=True)
+        total += m.size
+        limits.check_extract(archive, total)
+        members.append(m)
+    limits.charge_extract(archive, total)
     return members
 
 
@@ -232,9 +250,9 @@ def safe_extract(archive: Path, target: Path, label: str | None = None, limits: 
                 zf.extractall(target)
         elif kind == "tar":
             with tarfile.open(archive) as tf:
-                _check_tar(tf, label, limits)
+                members = _check_tar(tf, label, limits)
                 # The "data" filter repeats the checks above inside tarfile itself (belt and braces).
-                tf.extractall(target, filter="data")
+                tf.extractall(target, members=members, filter="data")
         elif kind == "7z":
             py7zr = _py7zr()
             errors = (*errors, py7zr.exceptions.ArchiveError, py7zr.exceptions.CrcError,
@@ -251,6 +269,36 @@ def safe_extract(archive: Path, target: Path, label: str | None = None, limits: 
     except errors as e:
         raise PipelineError(f"{label}: damaged archive ({type(e).__name__}: {e})") from None
     return target
+
+
+# What reading a damaged member raises: a bad CRC, a size header that understates the data, a cut stream.
+READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def damaged(where: str, error: BaseException) -> PipelineError:
+    return PipelineError(f"{where}: damaged archive member ({error}); download or re-create the archive")
+
+
+class GuardedReader(io.RawIOBase):
+    """A member's stream whose read errors become one line naming the member (never a traceback)."""
+
+    def __init__(self, raw: BinaryIO, where: str):
+        self._raw, self._where = raw, where
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self._raw.read(len(buffer))
+        except READ_ERRORS as e:
+            raise damaged(self._where, e) from None
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 class _ZipBackend:
@@ -351,13 +399,18 @@ class FileTree:
         try:
             self.limits.check_member(backend.where(key), backend.size(key))
             return backend.read(key)
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
-            raise PipelineError(f"{backend.where(key)}: cannot read ({e})") from None
+        except READ_ERRORS as e:
+            raise damaged(backend.where(key), e) from None
 
     def open(self, name: str) -> BinaryIO:
+        """A stream of the member; a damaged one fails with a one-line error naming it."""
         backend, key = self._entries[name]
         self.limits.check_member(backend.where(key), backend.size(key))
-        return backend.open(key)
+        try:
+            raw = backend.open(key)
+        except READ_ERRORS as e:
+            raise damaged(backend.where(key), e) from None
+        return io.BufferedReader(GuardedReader(raw, backend.where(key)), 1 << 16)
 
     def close(self) -> None:
         for b in self._backends:
@@ -414,19 +467,26 @@ def _suffix(name: str) -> str:
     return next(s for s in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True) if lower.endswith(s))
 
 
-def open_nested(tree: FileTree, work: Path, depth: int = 2) -> FileTree:
+def open_nested(tree: FileTree, work: Path, depth: int = MAX_NESTING) -> FileTree:
     """Open archives found at the top of `tree` (a Kaggle download's train.zip, a course's tar.gz).
 
     An archive whose files all sit in one folder is mounted at the top; one with loose files is
-    mounted under its own stem, so train.zip holding `1.png` becomes `train/1.png`.
+    mounted under its own stem, so train.zip holding `1.png` becomes `train/1.png`. Archives are
+    opened `depth` levels deep; one deeper is an error. Every copy and extraction is charged to the
+    run's one extraction budget (tree.limits), so nesting cannot multiply --max-extract-mb.
     """
     tree = tree.without_top_folder()
-    for _ in range(depth):
+    for level in range(depth + 1):
         nested = [n for n in tree.names() if "/" not in n and n.lower().endswith(ARCHIVE_SUFFIXES)]
         if not nested:
             break
+        if level == depth:
+            raise PipelineError(
+                f"{tree.where(nested[0])}: an archive nested {depth + 1} deep; at most {depth} levels of archives "
+                "inside the source are opened (extract it and pass the folder)")
         for name in nested:
             local = Path(_unique_dir(work, "nested")) / name
+            tree.limits.charge_extract(tree.where(name), tree.size(name))
             with tree.open(name) as src, open(local, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
             inner = open_tree(local, work, label=tree.where(name), limits=tree.limits)

@@ -94,14 +94,43 @@ def fetch(location: str, raw_dir: Path, *, md5: str | None = None, reuse: Path |
     src = Path(location).expanduser()
     if not src.exists():
         raise PipelineError(f"{location}: not found")
-    if src.is_dir():
-        # Following links on purpose: a local folder is the user's own data, often symlinked in.
-        shutil.copytree(src, dest)
-    else:
-        shutil.copy2(src, dest)
-        if md5 and md5_file(dest) != md5:
-            raise PipelineError(f"{location}: checksum mismatch (md5 {md5_file(dest)}, expected {md5})")
+    try:
+        if src.is_dir():
+            copy_folder(src, dest, location)
+        else:
+            shutil.copy2(src, dest)
+    except OSError as e:
+        raise PipelineError(f"{location}: cannot copy it into raw/ ({e})") from None
+    if dest.is_file() and md5 and md5_file(dest) != md5:
+        raise PipelineError(f"{location}: checksum mismatch (md5 {md5_file(dest)}, expected {md5})")
     return dest
+
+
+def copy_folder(src: Path, dest: Path, location: str) -> None:
+    """Copy a folder, following links on purpose (a local folder is the user's own data, often
+    symlinked in), but never into the folder being written: a source that holds the data root
+    (`--source .` with the default data/), or links to it or to itself, would copy itself forever."""
+    target = os.path.realpath(dest.parent)  # raw/, inside the folder being built under the data root
+    root = dest.parent.parent.parent
+
+    def copy(folder: str, into: Path, chain: tuple[str, ...]) -> None:
+        real = os.path.realpath(folder)
+        if real == target or target.startswith(real.rstrip(os.sep) + os.sep):
+            where = "it" if folder == str(src) else f"{folder} inside it"
+            raise PipelineError(
+                f"{location}: {where} holds the data root {root}/, so copying it into "
+                "raw/ would copy itself; pass the competition's own folder, or a --data-root outside it")
+        if real in chain:
+            raise PipelineError(f"{location}: {folder} links back to {real}, which is being copied; remove the link")
+        into.mkdir()
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.is_dir():  # follows links
+                    copy(entry.path, into / entry.name, (*chain, real))
+                else:
+                    shutil.copy2(entry.path, into / entry.name)
+
+    copy(str(src), dest, ())
 
 
 def raw_entry(path: Path, root: Path) -> dict[str, Any]:

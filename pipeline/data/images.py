@@ -6,14 +6,16 @@ holds more than a chunk of the array; the caller gets a read-only memmap of the 
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import struct
 import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import BinaryIO, Protocol, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -35,8 +37,16 @@ CHUNK = 1000
 PROGRESS_SECONDS = 15
 
 
+# An image file is streamed, never read whole: at most this much is read to find its header
+# (format, width, height, mode), then at most what a real image of that shape can take.
+HEAD_LIMIT = 16 << 20
+MIB = 1 << 20
+
+
 class Readable(Protocol):
     def read(self, name: str) -> bytes: ...
+    def open(self, name: str) -> BinaryIO: ...
+    def size(self, name: str) -> int: ...
     def where(self, name: str) -> str: ...
 
 
@@ -118,8 +128,8 @@ def _guess(files: Readable, names: Sequence[str]) -> tuple[str, tuple[int, int]]
     picks = np.unique(np.linspace(0, len(names) - 1, min(SAMPLE, len(names))).astype(int))
     tally = _Tally()
     for i in picks:
-        img = _open(files, names[i])
-        tally.add(int(i), (img.height, img.width), _family(img))
+        with _open(files, names[i]) as img:  # the header is enough: nothing is decoded here
+            tally.add(int(i), (img.height, img.width), _family(img))
     return _most_common(tally.families, tally.first_family), _most_common(tally.sizes, tally.first_size)
 
 
@@ -231,14 +241,12 @@ def _decode_chunk(bounds: tuple[int, int]):
     rows = np.zeros((stop - start, *_JOB["row"]), np.uint8)
     tally = _Tally()
     try:
-        with warnings.catch_warnings():
-            # A decompression bomb is bad input like any other: raise, then name the file.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            for i in range(start, stop):
-                img = _open(files, names[i])
+        for i in range(start, stop):
+            with _open(files, names[i]) as img:
                 tally.add(i, (img.height, img.width), _family(img))
                 if (img.height, img.width) != size:
-                    continue  # reported once all sizes are counted, with the majority
+                    continue  # not decoded: reported once all sizes are counted, with the majority
+                _load(img, files.where(names[i]))
                 rows[i - start] = _to_array(img, mode, files.where(names[i])).reshape(rows.shape[1:])
     except PipelineError as e:
         return e, stop - start
@@ -257,16 +265,125 @@ def _to_array(img: Image.Image, mode: str, where: str) -> np.ndarray:
         raise PipelineError(f"{where}: cannot convert {img.mode} to {mode} ({e})") from None
 
 
-def _open(files: Readable, name: str) -> Image.Image:
-    data = files.read(name)
+class _Member(io.RawIOBase):
+    """A member's bytes as a seekable stream for Pillow, pulled from the member only as far as Pillow
+    reads, and never past `limit` bytes (a file longer than its image can be is refused, not held)."""
+
+    def __init__(self, raw: BinaryIO, where: str, limit: int):
+        self._raw, self.where, self.limit = raw, where, limit
+        self._buf, self._pos, self._eof = bytearray(), 0, False
+
+    def _fill(self, upto: int) -> None:
+        # Never more than limit + 1 bytes, whatever a (hostile) length field makes Pillow ask for.
+        upto = min(upto, self.limit + 1)
+        while len(self._buf) < upto and not self._eof:
+            chunk = self._raw.read(min(max(upto - len(self._buf), 1 << 16), self.limit + 1 - len(self._buf)))
+            self._eof = not chunk
+            self._buf += chunk
+        if len(self._buf) > self.limit:
+            raise PipelineError(
+                f"{self.where}: more than {self.limit / MIB:,.1f} MiB read and still no complete image; "
+                "not a real image file (remove it)")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            self._fill(self.limit + 2)  # the end is wherever the member ends (within the limit)
+            offset += len(self._buf)
+        elif whence == io.SEEK_CUR:
+            offset += self._pos
+        self._pos = max(offset, 0)
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        # RawIOBase.read(n) would allocate n bytes before reading: a length field could ask for 2 GB.
+        end = self.limit + 1 if size is None or size < 0 else self._pos + size
+        self._fill(end)
+        with memoryview(self._buf) as view:
+            piece = bytes(view[self._pos:end])
+        self._pos += len(piece)
+        return piece
+
+    def readinto(self, buffer) -> int:
+        piece = self.read(len(buffer))
+        buffer[: len(piece)] = piece
+        return len(piece)
+
+    def close(self) -> None:
+        self._raw.close()
+        self._buf = bytearray()
+        super().close()
+
+
+def max_file_bytes(height: int, width: int, mode: str) -> int:
+    """The most bytes a real image file of this shape can take: twice its raw pixels (uncompressed
+    PNG, BMP or TIFF rows with filter bytes and padding; a JPEG of noise at quality 100) plus 1 MiB
+    of headers and metadata (EXIF, ICC profiles)."""
+    depth = 4 if mode in ("I", "F") else 2 if mode.startswith("I;16") else 1
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()  # decode now, so a truncated file fails here and names itself
+        bands = Image.getmodebands(mode)
+    except (KeyError, ValueError):  # a mode this Pillow does not name: count it as the widest
+        bands, depth = 4, 4
+    return 2 * height * width * bands * depth + MIB
+
+
+@contextlib.contextmanager
+def _open(files: Readable, name: str):
+    """The image with only its header read (format, size, mode): decoding is left to _load.
+
+    A file larger than an image of its header's shape can be is refused from its size, unread; an
+    image over Pillow's pixel limit (a decompression bomb) is refused before it is decoded.
+    """
+    where = files.where(name)
+    declared = files.size(name)
+    stream = None
+    member: io.IOBase
+    try:
+        if declared <= MIB:
+            # Within what any image may take: read at once (Pillow reads a BytesIO at C speed).
+            data = files.read(name)
+            if len(data) > MIB:
+                raise PipelineError(f"{where}: grew while being read (the header said {declared:,} bytes)")
+            member = io.BytesIO(data)
+        else:
+            stream = files.open(name)
+            member = _Member(stream, where, HEAD_LIMIT)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(member)
+        cap = max_file_bytes(img.height, img.width, img.mode)
+        if declared > cap:
+            raise PipelineError(
+                f"{where}: {declared / MIB:,.1f} MiB for a {img.width}x{img.height} {img.mode} image, more than "
+                f"such an image can take ({cap / MIB:,.1f} MiB); not a real image file (remove it)")
+        if isinstance(member, _Member):
+            member.limit = max(cap, member.tell())
+        yield img
     except UnidentifiedImageError:
-        raise PipelineError(f"{files.where(name)}: cannot decode image (not a known image format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise PipelineError(f"{files.where(name)}: cannot decode image ({e})") from None
-    return img
+        raise PipelineError(f"{where}: cannot decode image (not a known image format)") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise PipelineError(f"{where}: {e} (remove or downscale it)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise PipelineError(f"{where}: cannot decode image ({e})") from None
+    finally:
+        if stream is not None:
+            stream.close()
+
+
+def _load(img: Image.Image, where: str) -> None:
+    """Decode now, so a truncated file fails here and names itself."""
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise PipelineError(f"{where}: cannot decode image ({e})") from None
 
 
 def _family(img: Image.Image) -> str:

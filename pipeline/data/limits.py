@@ -1,12 +1,13 @@
 """Size limits on what the data stage reads, so a tiny hostile archive cannot exhaust memory or disk.
 
-Sizes are checked from archive headers before anything is read, and again while a CSV is
-streamed (a header can lie). Each limit has a data-stage flag to raise it.
+Sizes are checked from archive headers before anything is read or extracted, and again while a
+CSV is streamed (a header can lie). What archives extract to scratch space is charged to one
+budget per run, shared by every archive however deeply nested. Each limit has a data-stage flag.
 """
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from pipeline.errors import PipelineError
@@ -14,11 +15,20 @@ from pipeline.errors import PipelineError
 MIB = 1 << 20
 
 
+class ExtractBudget:
+    """Bytes written to scratch space so far by all archives of one run (extracted files, nested copies)."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+
 @dataclass(frozen=True)
 class Limits:
     member_mb: int = 4096  # one file inside an archive (Kaggle's cifar-10 test.7z is ~600 MiB)
     csv_mb: int = 100  # one CSV (a 300,000-row sample submission is ~3 MiB)
-    extract_mb: int = 32768  # everything one tar/7z extracts to disk
+    extract_mb: int = 32768  # everything one run's archives extract to disk, nested ones included
+    # Shared by every copy of these Limits: one run, one budget.
+    budget: ExtractBudget = field(default_factory=ExtractBudget, compare=False, repr=False)
 
     def check_member(self, where: str, size: int) -> None:
         _check(where, size, self.member_mb, "a file inside an archive", "--max-member-mb")
@@ -27,7 +37,17 @@ class Limits:
         _check(where, size, self.csv_mb, "a CSV file", "--max-csv-mb")
 
     def check_extract(self, where: str, size: int) -> None:
-        _check(where, size, self.extract_mb, "what one archive extracts to disk", "--max-extract-mb")
+        """Refuse if writing `size` more bytes to scratch space would go over the run's budget."""
+        used = self.budget.used
+        if used + size > self.extract_mb * MIB:
+            before = f" after {used / MIB:,.1f} MiB extracted already" if used else ""
+            raise PipelineError(
+                f"{where}: {size / MIB:,.1f} MiB{before}, over the {self.extract_mb:,} MiB limit for what one run "
+                "extracts to disk, nested archives included (raise it with --max-extract-mb)")
+
+    def charge_extract(self, where: str, size: int) -> None:
+        self.check_extract(where, size)
+        self.budget.used += size
 
 
 def _check(where: str, size: int, limit_mb: int, what: str, flag: str) -> None:

@@ -220,24 +220,32 @@ class FashionMnist:
 
 
 def read_idx(data: bytes, where: str, magic: int, limits: Limits | None = None) -> np.ndarray:
-    """An idx file (http://yann.lecun.com/exdb/mnist/): big-endian magic, dims, then uint8 values."""
-    if data[:2] == b"\x1f\x8b":
-        limits = limits or Limits()
-        cap = limits.member_mb * (1 << 20)
-        try:
-            with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
-                data = gz.read(cap + 1)  # never more than the limit, however well it compresses
-        except (OSError, EOFError) as e:
-            raise PipelineError(f"{where}: damaged gzip ({e})") from None
-        limits.check_member(where, len(data))
+    """An idx file (http://yann.lecun.com/exdb/mnist/): big-endian magic, dims, then uint8 values.
+
+    A gzipped one is inflated only as far as its header's shape says: a gzip bomb costs no more
+    memory than the array it claims to hold (and that is held to --max-member-mb)."""
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
-    if len(data) < header or int.from_bytes(data[:4], "big") != magic:
-        raise PipelineError(f"{where}: not an idx file of {ndim}-d uint8 data (magic {data[:4].hex()})")
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if data[:2] == b"\x1f\x8b":
+        limits = limits or Limits()
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
+                head = gz.read(header)
+                expected = int(np.prod(_idx_shape(head, where, magic, ndim)))
+                limits.check_member(where, header + expected)
+                data = head + gz.read(expected + 1)  # one byte more tells a file longer than its header says
+        except (OSError, EOFError) as e:
+            raise PipelineError(f"{where}: damaged gzip ({e})") from None
+    shape = _idx_shape(data[:header], where, magic, ndim)
     if len(data) - header != int(np.prod(shape)):
         raise PipelineError(f"{where}: header says {shape}, data has {len(data) - header} bytes")
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape).copy()
+
+
+def _idx_shape(head: bytes, where: str, magic: int, ndim: int) -> tuple[int, ...]:
+    if len(head) < 4 + 4 * ndim or int.from_bytes(head[:4], "big") != magic:
+        raise PipelineError(f"{where}: not an idx file of {ndim}-d uint8 data (magic {head[:4].hex()})")
+    return tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
 
 
 # ------------------------------------------------------------------------------------- digits

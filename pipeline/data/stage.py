@@ -28,7 +28,7 @@ from pipeline.data.images import channel_stats, default_workers
 from pipeline.data.ingested import Ingested
 from pipeline.data.limits import Limits
 from pipeline.data.sources import SOURCES, FetchContext, ingest
-from pipeline.data.split import stratified_split, stratified_subset
+from pipeline.data.split import minimum_rows, stratified_split, stratified_subset
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ class DataConfig:
     workers: int = setting(0, "Image decode processes; 0: one per available core.")
     max_member_mb: int = setting(Limits.member_mb, "Largest file read from inside an archive, MiB.")
     max_csv_mb: int = setting(Limits.csv_mb, "Largest CSV read, MiB.")
-    max_extract_mb: int = setting(Limits.extract_mb, "Most one tar/7z may extract to scratch space, MiB.")
+    max_extract_mb: int = setting(Limits.extract_mb, "Most the archives of one run may write to scratch space in "
+                                                     "all (extracted files, nested archive copies), MiB.")
     flip: Optional[bool] = setting(None, "Whether a horizontal flip keeps an image's label (recorded in meta.json; "
                                          "train's flips and predict's TTA follow it); unset: from the competition's "
                                          "name and classes, off for digits and text-like data, on for photos and "
@@ -72,6 +73,12 @@ def check_config(cfg: DataConfig) -> None:
         SOURCES.get(cfg.source_format)
     if cfg.limit is not None and cfg.limit < 1:
         raise PipelineError(f"--limit must be at least 1, got {cfg.limit}")
+    if cfg.classes:
+        seen = set()
+        for name in cfg.classes:
+            if name in seen:
+                raise PipelineError(f"--classes names '{name}' twice; give each class once, in index order")
+            seen.add(name)
     if not 0 <= cfg.val_fraction < 1:
         raise PipelineError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.workers < 0:
@@ -137,6 +144,21 @@ def check_classes(data: Ingested) -> None:
             "a classifier needs at least 2. Check the layout (train/<class>/ folders, or train/<id> with a labels CSV)")
 
 
+def check_size(data: Ingested, cfg: DataConfig) -> None:
+    """Enough training rows (all, or --limit's) for every class and for both sides of the split."""
+    classes = len(np.unique(data.train.labels))
+    least = minimum_rows(classes, cfg.val_fraction)
+    if cfg.limit is not None and cfg.limit < least:
+        raise PipelineError(
+            f"--limit {cfg.limit} is below the minimum of {least} for this data ({classes} classes with "
+            f"--val-fraction {cfg.val_fraction:g}: one image of each class, and the split needs at least one "
+            "train and one validation image); raise --limit")
+    if len(data.train) < least:
+        raise PipelineError(
+            f"{data.train.where}: {len(data.train)} training images, below the minimum of {least} for "
+            f"--val-fraction {cfg.val_fraction:g} ({classes} classes); add images or lower --val-fraction")
+
+
 def select(data: Ingested, cfg: DataConfig, out: Path) -> Selected:
     """Choose the rows (a stratified --limit subset; the sample submission's first test rows) and decode
     them straight into out/train_images.npy and out/test_images.npy."""
@@ -145,6 +167,7 @@ def select(data: Ingested, cfg: DataConfig, out: Path) -> Selected:
     if len(data.test) == 0:
         raise PipelineError(f"{data.test.where}: no test images")
     check_classes(data)
+    check_size(data, cfg)
     if cfg.limit:
         train_rows = stratified_subset(data.train.labels, cfg.limit, cfg.seed)
         n_test = min(len(data.test), max(MIN_LIMITED_TEST, cfg.limit // 5))
