@@ -16,19 +16,12 @@ from pipeline.checkpoint import clean_state_dict, load_checkpoint
 from pipeline.config import config_dict
 from pipeline.errors import PipelineError
 from pipeline.hints import train_flag
-from pipeline.train.config import TrainConfig
+from pipeline.train.config import RESUME_MAY_CHANGE, TrainConfig
 
 if TYPE_CHECKING:
     from pipeline.train.engine import Trainer
 
 log = logging.getLogger(__name__)
-
-# Config keys that may change on --resume; any other difference makes it a different experiment.
-RESUME_MAY_CHANGE = frozenset({
-    "data", "resume", "overwrite", "replace", "extend", "workers", "device", "save_every", "log_every", "eval_batch_size",
-    "compile", "early_stop_patience", "precision", "channels_last", "deterministic", "epochs",
-    "out_dir", "run", "probe", "time_budget",
-})
 
 
 @dataclass

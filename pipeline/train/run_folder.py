@@ -11,11 +11,12 @@ import os
 import shutil
 from pathlib import Path
 
+from pipeline.config import config_dict, load_yaml
 from pipeline.data.dataset import PreparedData
 from pipeline.errors import PipelineError
 from pipeline.hints import train_flag
 from pipeline.run_layout import TRAIN_FILES, retired_dir, snapshot_name, staging_dir
-from pipeline.train.config import TrainConfig
+from pipeline.train.config import RESUME_MAY_CHANGE, TrainConfig
 
 RUN_FILES = TRAIN_FILES
 
@@ -26,9 +27,6 @@ def checkpoints_held(run_dir: Path) -> list[str]:
 
 def extension_of(run_dir: Path, cfg: TrainConfig) -> TrainConfig:
     """--replace --extend on a run that differs only by fewer epochs: resume it instead of retraining."""
-    from pipeline.config import config_dict, load_yaml
-    from pipeline.train.resume import RESUME_MAY_CHANGE
-
     if not (cfg.replace and cfg.extend and (run_dir / "last.pt").is_file() and (run_dir / "config.yaml").is_file()):
         return cfg
     old, new = load_yaml(run_dir / "config.yaml"), config_dict(cfg)
