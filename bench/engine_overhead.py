@@ -32,9 +32,10 @@ from pipeline.models import create_model  # noqa: E402
 from pipeline.runtime import autocast, normalizer, resolve_device, resolve_precision, to_model_input  # noqa: E402
 from pipeline.train.config import TrainConfig  # noqa: E402
 from pipeline.train.ema import Lookahead  # noqa: E402
-from pipeline.train.engine import build_trainer, train_one_epoch  # noqa: E402
+from pipeline.train.epoch import train_one_epoch  # noqa: E402
 from pipeline.train.optim import build_optimizer  # noqa: E402
 from pipeline.train.schedules import build_scheduler, total_steps  # noqa: E402
+from pipeline.train.trainer import build_trainer  # noqa: E402
 
 
 def make_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:

@@ -38,7 +38,8 @@ from pipeline.predict import view_logits  # noqa: E402
 from pipeline.runtime import resolve_device  # noqa: E402
 from pipeline.train.config import TrainConfig  # noqa: E402
 from pipeline.train import probe  # noqa: E402
-from pipeline.train.engine import build_trainer, train_one_epoch, train_step  # noqa: E402
+from pipeline.train.epoch import train_one_epoch  # noqa: E402
+from pipeline.train.trainer import build_trainer, train_step  # noqa: E402
 from pipeline.tta import TTA_LEVELS, level_views  # noqa: E402
 
 MEAN, STD = [0.491, 0.482, 0.447], [0.247, 0.243, 0.261]  # CIFAR-10 train statistics

@@ -31,7 +31,8 @@ from pipeline.augment import build_train_loader  # noqa: E402
 from pipeline.models import create_model  # noqa: E402
 from pipeline.runtime import resolve_device, resolve_precision  # noqa: E402
 from pipeline.train.config import TrainConfig  # noqa: E402
-from pipeline.train.engine import build_trainer, train_one_epoch  # noqa: E402
+from pipeline.train.epoch import train_one_epoch  # noqa: E402
+from pipeline.train.trainer import build_trainer  # noqa: E402
 
 MEAN, STD = [0.491, 0.482, 0.447], [0.247, 0.243, 0.261]  # CIFAR-10 train statistics
 VARIANTS = {  # name -> TrainConfig overrides
