@@ -32,6 +32,7 @@ from bench.quality import settings_sha256  # noqa: E402
 from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json, sha256_file  # noqa: E402
 from pipeline.ensemble import combine, correct_count  # noqa: E402
 from pipeline.info import markdown_table  # noqa: E402
+from pipeline.run_layout import PREDICT_JSON, VAL_LABELS, VAL_LOGITS  # noqa: E402
 
 # PATH[:SEEDS]: airbench94's target is a mean over 2 seeds at least; a GPU runs 5 of everything.
 CPU_RECIPES = ("configs/airbench94.yaml:2", "configs/airbench94-muon.yaml", "configs/resnet20-cpu-quality.yaml")
@@ -53,7 +54,7 @@ def run_recipe(args, config: str, seed: int, results_dir: Path) -> dict:
         # Same settings (older figures carry only the file's sha256: then the file must be unchanged).
         same = (result.get("settings_sha256") == settings if "settings_sha256" in result
                 else result.get("config_sha256") == sha256_file(REPO / config))
-        if same and (REPO / args.runs_dir / run / "predict.json").is_file():
+        if same and (REPO / args.runs_dir / run / PREDICT_JSON).is_file():
             if "settings_sha256" not in result:
                 result["settings_sha256"] = settings  # recorded now, while the file still matches
                 atomic_write_json(out, result)
@@ -73,8 +74,8 @@ def ensemble(args, runs: list[str]) -> dict:
                     "--select", "greedy", "--rounds", str(args.rounds), "--out", str(out)], cwd=REPO, check=True)
     sidecar = read_json(out.with_name(out.stem + ".ensemble.json"))
     folders = [REPO / args.runs_dir / run for run in runs]
-    labels = np.load(folders[0] / "val_labels.npy")
-    val_logits = [np.load(f / "val_logits.npy") for f in folders]
+    labels = np.load(folders[0] / VAL_LABELS)
+    val_logits = [np.load(f / VAL_LOGITS) for f in folders]
     members = {m["run"]: m["val_accuracy"] for m in sidecar["members"]}
     plain = correct_count(combine("prob", val_logits, np.ones(len(runs))), labels) / len(labels)
     return {"runs": runs, "weights": sidecar["weights"], "greedy_val_acc": sidecar["val_accuracy"],

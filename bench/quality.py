@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.artifacts import atomic_write_json, read_json, sha256_file  # noqa: E402
+from pipeline.run_layout import MANIFEST, PREDICT_JSON  # noqa: E402
+from pipeline.train.logbook import read_metrics  # noqa: E402
 from bench.machine import machine_summary  # noqa: E402
 
 
@@ -82,10 +84,10 @@ def main() -> None:
     total = round(time.perf_counter() - start, 1)
 
     run_dir = REPO / args.runs_dir / run
-    train_manifest = read_json(run_dir / "manifest.json")
-    predicted = read_json(run_dir / "predict.json")
+    train_manifest = read_json(run_dir / MANIFEST)
+    predicted = read_json(run_dir / PREDICT_JSON)
     history = train_manifest["metrics"].get("final") or {}
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir)
     speeds = sorted(r["img_per_s"] for r in rows)
     result = {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),

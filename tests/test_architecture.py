@@ -1,6 +1,7 @@
 """The shape of pipeline/: no import circle (issue 23)."""
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -31,3 +32,29 @@ def test_each_module_imports_alone_in_a_fresh_interpreter(name):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
+
+
+# A run folder's file names, as run_layout spells them: nowhere else in code (prose may name them).
+LAYOUT_NAMES = {"best.pt", "last.pt", "config.yaml", "manifest.json", "metrics.csv", "metrics.jsonl", "curves.png",
+                "predict.json", "val_logits.npy", "val_ids.npy", "val_labels.npy", "test_logits.npy", "test_ids.npy",
+                "report.html", "epoch_*.pt"}
+# lab/ and sweep/ were being changed on another branch when this rule came in (issue 23); their
+# remaining literals are listed in that issue.
+NOT_YET = ("pipeline/lab/", "pipeline/sweep/")
+
+
+def test_run_folder_file_names_are_spelled_only_in_run_layout():
+    from pipeline import run_layout
+
+    spelled = {value for value in vars(run_layout).values() if isinstance(value, str)}
+    assert LAYOUT_NAMES - {"epoch_*.pt"} <= spelled
+    found = []
+    for path in sorted([*(REPO / "pipeline").rglob("*.py"), *(REPO / "bench").rglob("*.py")]):
+        rel = path.relative_to(REPO).as_posix()
+        if rel == "pipeline/run_layout.py" or rel.startswith(NOT_YET):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and node.value.rpartition("/")[2] in LAYOUT_NAMES:
+                found.append(f"{rel}:{node.lineno} {node.value!r}")
+    assert found == []

@@ -27,6 +27,7 @@ from torch import nn
 
 from pipeline.config import load_yaml
 from pipeline.data.dataset import PreparedData
+from pipeline.run_layout import CONFIG
 from pipeline.runtime import autocast
 from pipeline.train import distributed
 from pipeline.train.config import TrainConfig
@@ -200,7 +201,7 @@ def plan_budget(cfg: TrainConfig, module: nn.Module, probed: ProbeResult, data: 
                             step_s=cfg.batch_size / probed.img_per_s, epoch_overhead_s=overhead_s,
                             final_s=overhead_s)
         if cfg.resume:
-            epochs = float(load_yaml(run_dir / "config.yaml")["epochs"])
+            epochs = float(load_yaml(run_dir / CONFIG)["epochs"])
             clock.total_steps = total_steps(epochs, steps_per_epoch)
             clock.planned_epochs = epochs
             clock.plan_line = f"budget {cfg.time_budget:g} s: resuming the planned {epochs:g} epochs"

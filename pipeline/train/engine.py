@@ -28,7 +28,7 @@ from pipeline.config import config_dict, save_config
 from pipeline.data.dataset import PreparedData, load_prepared
 from pipeline.errors import PipelineError
 from pipeline.models import create_model
-from pipeline.run_layout import snapshot_name
+from pipeline.run_layout import BEST, CONFIG, LAST, MANIFEST, TRAIN_FILES, snapshot_name, snapshots
 from pipeline.train import distributed, logbook
 from pipeline.train.budget import BudgetClock, check_at_epoch_end, plan_budget
 from pipeline.train.config import TrainConfig, check_config
@@ -36,8 +36,8 @@ from pipeline.train.epoch import NonFiniteLoss, epoch_row, train_one_epoch
 from pipeline.train.probe import ProbeResult
 from pipeline.train.resume import (Progress, checkpoint_state, configure_determinism, resume_from, rng_state,
                                    seed_everything)
-from pipeline.train.run_folder import (RUN_FILES, check_run_dir, extension_of, prepare_writing_dir, resolve_run_name,
-                                       snapshots, swap_in, writing_dir)
+from pipeline.train.run_folder import (check_run_dir, extension_of, prepare_writing_dir, resolve_run_name, swap_in,
+                                       writing_dir)
 from pipeline.train.schedules import total_steps
 from pipeline.train.trainer import Trainer, build_trainer, initialise
 from pipeline.train.tune import tune_runtime
@@ -184,7 +184,7 @@ def _start(run: Run, tr: Trainer, clock: BudgetClock | None, steps_total: int) -
     """A resumed run's state from its last.pt, or a fresh folder; config.yaml and the metrics files."""
     cfg, progress = run.cfg, Progress()
     if cfg.resume:
-        progress = resume_from(run.run_dir / "last.pt", tr, cfg, run.model_kwargs, run.data_info,
+        progress = resume_from(run.run_dir / LAST, tr, cfg, run.model_kwargs, run.data_info,
                                run.dist_info.rank)
         if tr.lookahead is not None:
             tr.lookahead.resume(tr.global_step)
@@ -194,7 +194,7 @@ def _start(run: Run, tr: Trainer, clock: BudgetClock | None, steps_total: int) -
         clock.start(tr, steps_total, resumed=cfg.resume)
     distributed.barrier()
     if run.main:
-        save_config(cfg, run.out / "config.yaml")
+        save_config(cfg, run.out / CONFIG)
         # On resume this drops rows (and curve points) of epochs after the checkpoint.
         logbook.write_metrics(run.out, progress.history, plot=bool(progress.history))
     return progress
@@ -218,13 +218,13 @@ def _train_epochs(run: Run, tr: Trainer, progress: Progress, loaders: Loaders, w
                                      last_plot)
             stopped_early = _patience_exhausted(run.cfg, progress)
     except NonFiniteLoss as e:
-        kept = f"{run.out / 'last.pt'} keeps epoch {progress.epoch}" if progress.epoch else "no checkpoint was written"
+        kept = f"{run.out / LAST} keeps epoch {progress.epoch}" if progress.epoch else "no checkpoint was written"
         if run.out != run.run_dir:
             kept = f"{run.run_dir} keeps the earlier run"
         raise PipelineError(f"{e}; stopped ({kept}). Try a lower --lr, --grad-clip 1, or --precision fp32") from None
     except KeyboardInterrupt:
         if run.main:
-            where = (f"{run.run_dir / 'last.pt'} holds epoch {progress.epoch}; continue with --resume"
+            where = (f"{run.run_dir / LAST} holds epoch {progress.epoch}; continue with --resume"
                      if progress.epoch else "no epoch completed, nothing saved")
             if run.out != run.run_dir:
                 where = f"{run.run_dir} keeps the earlier run (the retrain starts afresh next time)"
@@ -291,14 +291,14 @@ def _finish(run: Run, tr: Trainer, progress: Progress, probed: ProbeResult, stop
             swap_in(out, run.run_dir)  # complete: the retrained run takes the earlier one's place
         # debug: the train command prints the result once itself; library callers get `summary`
         log.debug("best val accuracy %.4f at epoch %d -> %s", summary["best_val_acc"] or float("nan"),
-                  summary["best_epoch"], run.run_dir / "best.pt")
+                  summary["best_epoch"], run.run_dir / BEST)
     return summary
 
 
 def _write_manifest(run: Run, tr: Trainer, progress: Progress, probed: ProbeResult, summary: dict) -> None:
     out, data = run.out, run.data
-    outputs = [name for name in (*RUN_FILES, *snapshots(out)) if (out / name).is_file()
-               and name != "manifest.json"]
+    outputs = [name for name in (*TRAIN_FILES, *(path.name for _, path in snapshots(out)))
+               if (out / name).is_file() and name != MANIFEST]
     write_manifest(
         out, "train", inputs=[data.root / "meta.json", data.root / "split.npz"], outputs=outputs,
         config=config_dict(run.cfg), seed=run.cfg.seed, started=run.started,
@@ -314,8 +314,8 @@ def _save_epoch(out, tr, cfg, model_kwargs, data_info, progress, rng, improved, 
     # and --resume redoes this one, rewriting the same best.pt.
     state = checkpoint_state(tr, cfg, model_kwargs, data_info, progress, rng)
     if improved:
-        save_checkpoint(out / "best.pt", state)
-    save_checkpoint(out / "last.pt", state)
+        save_checkpoint(out / BEST, state)
+    save_checkpoint(out / LAST, state)
     if cfg.save_every and progress.epoch % cfg.save_every == 0:
         save_checkpoint(out / snapshot_name(progress.epoch), state)
     logbook.write_metrics(out, progress.history, plot=plot)
