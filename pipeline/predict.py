@@ -34,8 +34,8 @@ from pipeline.cli_config import config_file_option, config_options, parse_flag_l
 from pipeline.config import config_dict, resolve_config
 from pipeline.data.dataset import PreparedData, lineage_changes, load_prepared
 from pipeline.errors import PipelineError
-from pipeline.run_layout import (BEST, LAST, MANIFEST, OUTPUTS, PREDICT_JSON, TEST_IDS, TEST_LOGITS, VAL_IDS, VAL_LABELS,
-                                 VAL_LOGITS)
+from pipeline.run_layout import (BEST, LAST, MANIFEST, OUTPUTS, PREDICT_JSON, TEST_IDS, TEST_LOGITS, VAL_IDS,
+                                 VAL_LABELS, VAL_LOGITS)
 from pipeline.runtime import (
     PRECISIONS, autocast, nhwc_to_nchw, normalizer, resolve_device, resolve_precision, to_model_input,
 )

@@ -121,7 +121,8 @@ def _loss(cfg: TrainConfig, num_classes: int) -> tuple[Callable | None, Callable
     from timm.loss import SoftTargetCrossEntropy
 
     if cfg.batch_size % 2:
-        raise PipelineError(f"mixup/cutmix pair samples within a batch: --batch-size must be even, got {cfg.batch_size}")
+        raise PipelineError("mixup/cutmix pair samples within a batch: --batch-size must be even, "
+                            f"got {cfg.batch_size}")
     mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
                   num_classes=num_classes)
     return mixup, SoftTargetCrossEntropy()  # Mixup already smoothed the soft targets
