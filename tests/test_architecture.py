@@ -1,4 +1,5 @@
-"""The shape of pipeline/: no import circle (issue 23)."""
+"""The shape of pipeline/ (issue 23): no import circle, no function over 60 lines, a run folder's
+file names spelled in one place."""
 from __future__ import annotations
 
 import ast
@@ -8,6 +9,8 @@ import sys
 import pytest
 
 from helpers_imports import REPO, circles, graph, modules
+
+MAX_FUNCTION_LINES = 60
 
 
 def test_no_module_of_pipeline_imports_itself_round_a_circle():
@@ -33,6 +36,17 @@ def test_each_module_imports_alone_in_a_fresh_interpreter(name):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+
+
+def test_no_function_in_pipeline_is_over_60_lines():
+    long = []
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({length} lines)")
+    assert long == []
 
 # A run folder's file names, as run_layout spells them: nowhere else in code (prose may name them).
 LAYOUT_NAMES = {"best.pt", "last.pt", "config.yaml", "manifest.json", "metrics.csv", "metrics.jsonl", "curves.png",
