@@ -38,13 +38,19 @@ PARAMS_DIR ?= .make
 
 DATA_DIR := $(DATA_ROOT)/$(COMPETITION)
 RUN_DIR := $(RUNS_DIR)/$(RUN)
-# A stage's code is one of its inputs (as in DVC): editing it makes its outputs stale.
-CORE_SRC := pipeline/artifacts.py pipeline/config.py pipeline/cli_config.py pipeline/errors.py pipeline/registry.py
-DATA_SRC := $(CORE_SRC) $(wildcard pipeline/data/*.py)
-MODEL_SRC := $(CORE_SRC) $(wildcard pipeline/models/*.py) pipeline/checkpoint.py pipeline/runtime.py
-TRAIN_SRC = $(MODEL_SRC) pipeline/run_layout.py $(wildcard pipeline/train/*.py pipeline/augment/*.py) $(filter %.yaml %.yml,$(TRAIN_OPTS))
-PREDICT_SRC := $(MODEL_SRC) pipeline/predict.py pipeline/tta.py pipeline/run_layout.py pipeline/data/dataset.py
-ENSEMBLE_SRC := $(CORE_SRC) pipeline/ensemble.py pipeline/submission.py pipeline/run_layout.py
+# A stage's code is one of its inputs (as in DVC): editing it makes its outputs stale. Each list names
+# every module `python -m pipeline <stage>` may import (lazy imports too); tests/test_make_deps.py walks
+# the imports from the stage's command and fails when a list misses one, so they cannot drift.
+CORE_SRC := pipeline/__init__.py pipeline/__main__.py pipeline/cli.py pipeline/console.py pipeline/artifacts.py \
+	pipeline/config.py pipeline/cli_config.py pipeline/errors.py pipeline/registry.py pipeline/run_layout.py
+DATASET_SRC := pipeline/data/__init__.py pipeline/data/dataset.py
+DATA_SRC := $(CORE_SRC) $(wildcard pipeline/data/*.py) pipeline/flips.py pipeline/kaggle_api.py
+MODEL_SRC := $(CORE_SRC) $(wildcard pipeline/models/*.py) pipeline/checkpoint.py pipeline/runtime.py pipeline/machine.py
+LOADER_SRC := $(DATASET_SRC) $(wildcard pipeline/augment/*.py) pipeline/flips.py
+TRAIN_SRC = $(MODEL_SRC) $(LOADER_SRC) $(wildcard pipeline/train/*.py) pipeline/hints.py pipeline/plots.py \
+	$(filter %.yaml %.yml,$(TRAIN_OPTS))
+PREDICT_SRC := $(MODEL_SRC) $(LOADER_SRC) pipeline/predict.py pipeline/tta.py
+ENSEMBLE_SRC := $(CORE_SRC) $(DATASET_SRC) pipeline/ensemble.py pipeline/submission.py
 
 # Parameters are inputs too. A stage's recipe saves the arguments it ran with in PARAMS_DIR/<stage>.args
 # once it succeeds (never while make reads this file, so `make -n` and failed calls change nothing).
