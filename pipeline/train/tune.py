@@ -39,7 +39,9 @@ def tune_runtime(cfg: TrainConfig, module: nn.Module, data: PreparedData, n_trai
         shape = tuple(data.input_size)
 
         def make_step(candidate: probe.Candidate, batch: int) -> Callable[[], None]:
-            return probe_step(cfg, module, candidate, batch, shape, data, steps_per_epoch, device)
+            return probe_step(cfg, module, candidate, batch, shape, num_classes=data.num_classes,
+                              mean=data.meta["mean"], std=data.meta["std"], steps_per_epoch=steps_per_epoch,
+                              device=device)
 
         result = probe.run_probe(
             precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile, device=device,
@@ -54,19 +56,20 @@ def tune_runtime(cfg: TrainConfig, module: nn.Module, data: PreparedData, n_trai
 
 
 def probe_step(cfg: TrainConfig, module: nn.Module, candidate: probe.Candidate, batch: int,
-               shape: tuple[int, ...], data: PreparedData, steps_per_epoch: int,
-               device: torch.device) -> Callable[[], None]:
+               shape: tuple[int, ...], *, num_classes: int, mean: list[float], std: list[float],
+               steps_per_epoch: int, device: torch.device) -> Callable[[], None]:
     """One real training step (train_step) of `candidate` on a copy of `module` and a fixed random
-    batch of `batch` images: pixel values do not change the speed, the run's weights stay untouched."""
+    batch of `batch` images: pixel values do not change the speed, the run's weights stay untouched.
+    (bench/run.py times its candidates with this too.)"""
     twin = copy.deepcopy(module)
     if candidate.channels_last:
         twin.to(memory_format=torch.channels_last)
     tr = build_trainer(dataclasses.replace(cfg, precision=candidate.precision, channels_last=candidate.channels_last,
                                            compile=candidate.compile),
-                       twin, steps_per_epoch=steps_per_epoch, num_classes=data.num_classes,
-                       mean=data.meta["mean"], std=data.meta["std"], device=device)
+                       twin, steps_per_epoch=steps_per_epoch, num_classes=num_classes, mean=mean, std=std,
+                       device=device)
     gen = torch.Generator().manual_seed(0)
     batch += batch % 2 if tr.mixup is not None else 0  # mixup pairs images
     images = torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=gen).to(device)
-    labels = torch.randint(0, data.num_classes, (batch,), generator=gen).to(device)
+    labels = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
     return lambda: train_step(tr, images, labels)
