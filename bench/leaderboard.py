@@ -24,15 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.machine import machine_summary
+from bench.quality import settings_sha256
+from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json, sha256_file
+from pipeline.ensemble import combine, correct_count
+from pipeline.info import markdown_table
+from pipeline.run_layout import PREDICT_JSON, VAL_LABELS, VAL_LOGITS
 
-from bench.machine import machine_summary  # noqa: E402
-from bench.quality import settings_sha256  # noqa: E402
-from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json, sha256_file  # noqa: E402
-from pipeline.ensemble import combine, correct_count  # noqa: E402
-from pipeline.info import markdown_table  # noqa: E402
-from pipeline.run_layout import PREDICT_JSON, VAL_LABELS, VAL_LOGITS  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # PATH[:SEEDS]: airbench94's target is a mean over 2 seeds at least; a GPU runs 5 of everything.
 CPU_RECIPES = ("configs/airbench94.yaml:2", "configs/airbench94-muon.yaml", "configs/resnet20-cpu-quality.yaml")
@@ -60,7 +59,7 @@ def run_recipe(args, config: str, seed: int, results_dir: Path) -> dict:
                 atomic_write_json(out, result)
             print(f"== {run}: figures of {result['date']} reused ({out})", flush=True)
             return result
-    cmd = [sys.executable, str(REPO / "bench" / "quality.py"), "--source", args.source, "--config", config,
+    cmd = [sys.executable, "-m", "bench.quality", "--source", args.source, "--config", config,
            "--seed", str(seed), "--run", run, "--out", str(out), "--runs-dir", args.runs_dir,
            "--tta", args.tta]
     print(f"\n== {run}: {' '.join(cmd[1:])}", flush=True)

@@ -18,15 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from bench.machine import machine_summary
+from pipeline.artifacts import atomic_write_json, read_json, sha256_file
+from pipeline.config import load_yaml
+from pipeline.run_layout import MANIFEST, PREDICT_JSON
+from pipeline.train.logbook import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipeline.artifacts import atomic_write_json, read_json, sha256_file  # noqa: E402
-from pipeline.run_layout import MANIFEST, PREDICT_JSON  # noqa: E402
-from pipeline.train.logbook import read_metrics  # noqa: E402
-from bench.machine import machine_summary  # noqa: E402
 
 
 def stage(name: str, args: list[str], timings: dict[str, float]) -> None:
@@ -55,7 +53,7 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="checkpoints")
     args = parser.parse_args()
 
-    config = yaml.safe_load((REPO / args.config).read_text())
+    config = load_yaml(REPO / args.config)
     run = args.run or f"quality-{Path(args.config).stem}" + (f"-s{args.seed}" if args.seed is not None else "")
     data_dir = Path(args.data_root) / args.competition
     submission = Path("submissions") / f"{run}-predictions.csv"
@@ -115,7 +113,7 @@ def settings_sha256(config: Path) -> str:
     file's sha256 but not the experiment, so it must not force a rerun."""
     import hashlib
 
-    settings = yaml.safe_load(Path(config).read_text()) or {}
+    settings = load_yaml(config)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

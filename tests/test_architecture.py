@@ -72,3 +72,11 @@ def test_run_folder_file_names_are_spelled_only_in_run_layout():
                     and node.value.rpartition("/")[2] in LAYOUT_NAMES:
                 found.append(f"{rel}:{node.lineno} {node.value!r}")
     assert found == []
+
+
+def test_bench_scripts_run_as_modules_of_the_bench_package():
+    # bench/ is a package: `python -m bench.x` from the repo finds pipeline/ without a sys.path patch.
+    patched = [path.name for path in sorted((REPO / "bench").glob("*.py")) if "sys.path" in path.read_text()]
+    assert patched == []
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    assert " bench/" not in makefile.replace(" bench/results/", "")
