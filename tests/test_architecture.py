@@ -52,8 +52,9 @@ def test_no_function_in_pipeline_is_over_60_lines():
 LAYOUT_NAMES = {"best.pt", "last.pt", "config.yaml", "manifest.json", "metrics.csv", "metrics.jsonl", "curves.png",
                 "predict.json", "val_logits.npy", "val_ids.npy", "val_labels.npy", "test_logits.npy", "test_ids.npy",
                 "report.html", "epoch_*.pt"}
-# lab/ and sweep/ were being changed on another branch when this rule came in (issue 23); their
-# remaining literals are listed in that issue.
+# lab/ and sweep/ were being changed on another branch when this rule came in (issue 23) and still
+# spell some names (lab/__init__.py 'report.html', lab/page.py 'best.pt', sweep/study.py 'last.pt'):
+# drop NOT_YET once they take them from run_layout.
 NOT_YET = ("pipeline/lab/", "pipeline/sweep/")
 
 
