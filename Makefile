@@ -39,13 +39,19 @@ PARAMS_DIR ?= .make
 
 DATA_DIR := $(DATA_ROOT)/$(COMPETITION)
 RUN_DIR := $(RUNS_DIR)/$(RUN)
-# A stage's code is one of its inputs (as in DVC): editing it makes its outputs stale.
-CORE_SRC := pipeline/artifacts.py pipeline/config.py pipeline/cli_config.py pipeline/errors.py pipeline/registry.py
-DATA_SRC := $(CORE_SRC) $(wildcard pipeline/data/*.py)
-MODEL_SRC := $(CORE_SRC) $(wildcard pipeline/models/*.py) pipeline/checkpoint.py pipeline/runtime.py
-TRAIN_SRC = $(MODEL_SRC) pipeline/run_layout.py $(wildcard pipeline/train/*.py pipeline/augment/*.py) $(filter %.yaml %.yml,$(TRAIN_OPTS))
-PREDICT_SRC := $(MODEL_SRC) pipeline/predict.py pipeline/tta.py pipeline/run_layout.py pipeline/data/dataset.py
-ENSEMBLE_SRC := $(CORE_SRC) pipeline/ensemble.py pipeline/submission.py pipeline/run_layout.py
+# A stage's code is one of its inputs (as in DVC): editing it makes its outputs stale. Each list names
+# every module `python -m pipeline <stage>` may import (lazy imports too); tests/test_make_deps.py walks
+# the imports from the stage's command and fails when a list misses one, so they cannot drift.
+CORE_SRC := pipeline/__init__.py pipeline/__main__.py pipeline/cli.py pipeline/console.py pipeline/artifacts.py \
+	pipeline/config.py pipeline/cli_config.py pipeline/errors.py pipeline/registry.py pipeline/run_layout.py
+DATASET_SRC := pipeline/data/__init__.py pipeline/data/dataset.py
+DATA_SRC := $(CORE_SRC) $(wildcard pipeline/data/*.py) pipeline/flips.py pipeline/kaggle_api.py
+MODEL_SRC := $(CORE_SRC) $(wildcard pipeline/models/*.py) pipeline/checkpoint.py pipeline/runtime.py pipeline/machine.py
+LOADER_SRC := $(DATASET_SRC) $(wildcard pipeline/augment/*.py) pipeline/flips.py
+TRAIN_SRC = $(MODEL_SRC) $(LOADER_SRC) $(wildcard pipeline/train/*.py) pipeline/hints.py pipeline/plots.py \
+	$(filter %.yaml %.yml,$(TRAIN_OPTS))
+PREDICT_SRC := $(MODEL_SRC) $(LOADER_SRC) pipeline/predict.py pipeline/tta.py
+ENSEMBLE_SRC := $(CORE_SRC) $(DATASET_SRC) pipeline/ensemble.py pipeline/submission.py
 
 # Parameters are inputs too. A stage's recipe saves the arguments it ran with in PARAMS_DIR/<stage>.args
 # once it succeeds (never while make reads this file, so `make -n` and failed calls change nothing).
@@ -175,7 +181,7 @@ zoo: $(VENV_STAMP) ## Params/MACs of every registered model on 3x32x32 (the READ
 	$(PY) -m pipeline info --zoo
 
 bench-models: $(VENV_STAMP) ## Forward+backward img/s of every model (batch 128)
-	$(PY) bench/model_throughput.py
+	$(PY) -m bench.model_throughput
 
 demo: $(VENV_STAMP) ## The whole chain offline on scikit-learn's digits, ending in a dry-run submit
 	$(MAKE) --no-print-directory submit COMPETITION=digits MODEL=resnet20 EPOCHS=$(if $(filter command line,$(origin EPOCHS)),$(EPOCHS),15) \
@@ -197,28 +203,28 @@ test-slow: $(VENV_STAMP) ## Tests left out of `make test` for their CPU minutes 
 	$(PY) -m pytest -q -rs -m slow
 
 bench: $(VENV_STAMP) ## Training img/s: the default path vs every variant (precision, layout, compile) and the naive loop; inference
-	$(PY) bench/run.py
+	$(PY) -m bench.run
 
 quality: $(VENV_STAMP) ## A recipe end to end on the shared CIFAR-10 bundle (CONFIG=configs/airbench94.yaml SEED= FINAL_FIT=1)
 	@test -f $(SHARED_BUNDLE) || { echo "quality: $(SHARED_BUNDLE) not found (the shared CIFAR-10 bundle)"; exit 1; }
-	$(PY) bench/quality.py --source $(SHARED_BUNDLE) --config $(or $(CONFIG),configs/resnet20-cpu-quality.yaml) \
+	$(PY) -m bench.quality --source $(SHARED_BUNDLE) --config $(or $(CONFIG),configs/resnet20-cpu-quality.yaml) \
 		$(if $(SEED),--seed $(SEED)) $(if $(FINAL_FIT),--final-fit)
 
 leaderboard: $(VENV_STAMP) ## The recipes that fit this machine + their greedy ensemble -> bench/results/leaderboard.md and README
 	@test -f $(SHARED_BUNDLE) || { echo "leaderboard: $(SHARED_BUNDLE) not found (the shared CIFAR-10 bundle)"; exit 1; }
-	$(PY) bench/leaderboard.py --source $(SHARED_BUNDLE) $(if $(SEEDS),--seeds $(SEEDS)) $(LEADERBOARD_ARGS)
+	$(PY) -m bench.leaderboard --source $(SHARED_BUNDLE) $(if $(SEEDS),--seeds $(SEEDS)) $(LEADERBOARD_ARGS)
 
 bench-engine: $(VENV_STAMP) ## airbench94 steps through the engine vs a bare loop of the same maths (img/s ratio)
-	$(PY) bench/engine_overhead.py
+	$(PY) -m bench.engine_overhead
 
 bench-lab: $(VENV_STAMP) ## Each CIFAR-10 lab's model through the lab runner vs a bare loop (img/s ratio; LABS_BENCH=a,b)
 	$(PY) -m bench.lab_throughput --data $(DATA_ROOT)/cifar10-jpg $(if $(LABS_BENCH),--labs $(LABS_BENCH))
 
 bench-step: $(VENV_STAMP) ## Per-step bookkeeping, item by item: optimizer for-loop/foreach/fused, EMA update, autocast
-	$(PY) bench/step_overhead.py
+	$(PY) -m bench.step_overhead
 
 bench-data: $(VENV_STAMP) ## Data stage + predict/ensemble/validate at Kaggle scale (50k train + 300k test PNGs in 7z): time, peak RSS
-	$(PY) bench/data_scale.py --json bench/results/data_scale.json $(BENCH_DATA_ARGS)
+	$(PY) -m bench.data_scale --json bench/results/data_scale.json $(BENCH_DATA_ARGS)
 
 clean-demo: ## Remove the demo's data, run and submission
 	rm -rf $(DATA_ROOT)/digits $(RUNS_DIR)/digits-resnet20 submissions/digits-predictions.* $(PARAMS_DIR)

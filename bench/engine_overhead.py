@@ -15,26 +15,24 @@ import dataclasses
 import datetime as dt
 import platform
 import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.machine import machine_summary  # noqa: E402
-from bench.run import MEAN, STD, cifar_shaped  # noqa: E402
-from pipeline.artifacts import atomic_write_json  # noqa: E402
-from pipeline.augment import build_train_loader  # noqa: E402
-from pipeline.config import resolve_config  # noqa: E402
-from pipeline.models import create_model  # noqa: E402
-from pipeline.runtime import autocast, normalizer, resolve_device, resolve_precision, to_model_input  # noqa: E402
-from pipeline.train.config import TrainConfig  # noqa: E402
-from pipeline.train.ema import Lookahead  # noqa: E402
-from pipeline.train.engine import build_trainer, train_one_epoch  # noqa: E402
-from pipeline.train.optim import build_optimizer  # noqa: E402
-from pipeline.train.schedules import build_scheduler, total_steps  # noqa: E402
+from bench.machine import machine_summary
+from bench.run import MEAN, STD, cifar_shaped
+from bench.timing import round_robin
+from pipeline.artifacts import atomic_write_json
+from pipeline.augment import build_train_loader
+from pipeline.config import resolve_config
+from pipeline.models import create_model
+from pipeline.runtime import autocast, normalizer, resolve_device, resolve_precision, to_model_input
+from pipeline.train.config import TrainConfig
+from pipeline.train.ema import Lookahead
+from pipeline.train.epoch import train_one_epoch
+from pipeline.train.optim import build_optimizer
+from pipeline.train.schedules import build_scheduler, total_steps
+from pipeline.train.trainer import build_trainer
 
 
 def make_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
@@ -117,12 +115,9 @@ def main() -> None:
              "bare": bare_side(cfg, images, labels, device, args.window)}
     for run in sides.values():
         run()  # warm-up window: allocator, oneDNN/cuDNN primitives
-    rates: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(max(1, args.steps // args.window)):
-        for name, run in sides.items():
-            start = time.perf_counter()
-            seen = run()
-            rates[name].append(seen / (time.perf_counter() - start))
+    # each window in turn (engine, bare, engine, ...): a window is one call of its side
+    rates = round_robin({name: iter(run, None) for name, run in sides.items()}, max(1, args.steps // args.window),
+                        device)
     medians = {name: statistics.median(r) for name, r in rates.items()}
     ratio = medians["engine"] / medians["bare"]
     machine = machine_summary()

@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.machine import machine_summary
+from bench.quality import settings_sha256
+from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json, sha256_file
+from pipeline.ensemble import combine, correct_count
+from pipeline.info import markdown_table
+from pipeline.run_layout import PREDICT_JSON, VAL_LABELS, VAL_LOGITS
 
-from bench.machine import machine_summary  # noqa: E402
-from bench.quality import settings_sha256  # noqa: E402
-from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json, sha256_file  # noqa: E402
-from pipeline.ensemble import combine, correct_count  # noqa: E402
-from pipeline.info import markdown_table  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # PATH[:SEEDS]: airbench94's target is a mean over 2 seeds at least; a GPU runs 5 of everything.
 CPU_RECIPES = ("configs/airbench94.yaml:2", "configs/airbench94-muon.yaml", "configs/resnet20-cpu-quality.yaml")
@@ -53,13 +53,13 @@ def run_recipe(args, config: str, seed: int, results_dir: Path) -> dict:
         # Same settings (older figures carry only the file's sha256: then the file must be unchanged).
         same = (result.get("settings_sha256") == settings if "settings_sha256" in result
                 else result.get("config_sha256") == sha256_file(REPO / config))
-        if same and (REPO / args.runs_dir / run / "predict.json").is_file():
+        if same and (REPO / args.runs_dir / run / PREDICT_JSON).is_file():
             if "settings_sha256" not in result:
                 result["settings_sha256"] = settings  # recorded now, while the file still matches
                 atomic_write_json(out, result)
             print(f"== {run}: figures of {result['date']} reused ({out})", flush=True)
             return result
-    cmd = [sys.executable, str(REPO / "bench" / "quality.py"), "--source", args.source, "--config", config,
+    cmd = [sys.executable, "-m", "bench.quality", "--source", args.source, "--config", config,
            "--seed", str(seed), "--run", run, "--out", str(out), "--runs-dir", args.runs_dir,
            "--tta", args.tta]
     print(f"\n== {run}: {' '.join(cmd[1:])}", flush=True)
@@ -73,8 +73,8 @@ def ensemble(args, runs: list[str]) -> dict:
                     "--select", "greedy", "--rounds", str(args.rounds), "--out", str(out)], cwd=REPO, check=True)
     sidecar = read_json(out.with_name(out.stem + ".ensemble.json"))
     folders = [REPO / args.runs_dir / run for run in runs]
-    labels = np.load(folders[0] / "val_labels.npy")
-    val_logits = [np.load(f / "val_logits.npy") for f in folders]
+    labels = np.load(folders[0] / VAL_LABELS)
+    val_logits = [np.load(f / VAL_LOGITS) for f in folders]
     members = {m["run"]: m["val_accuracy"] for m in sidecar["members"]}
     plain = correct_count(combine("prob", val_logits, np.ones(len(runs))), labels) / len(labels)
     return {"runs": runs, "weights": sidecar["weights"], "greedy_val_acc": sidecar["val_accuracy"],

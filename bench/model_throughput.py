@@ -1,6 +1,6 @@
 """Training throughput of the model zoo: forward + backward images/s on this machine.
 
-    .venv/bin/python bench/model_throughput.py [--models lenet5 resnet20 timm:resnet18] [--out FILE]
+    .venv/bin/python -m bench.model_throughput [--models lenet5 resnet20 timm:resnet18] [--out FILE]
 
 Per model: random CIFAR-shaped batch (default 128 x 3x32x32, channels_last), bf16 autocast around
 forward and loss, backward; a few warm-up steps, then the median of the timed steps. Prints a
@@ -18,13 +18,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from bench.timing import windows_img_per_s  # noqa: E402
-from pipeline.artifacts import atomic_write_text  # noqa: E402
-from pipeline.info import markdown_table, natural_key, parse_input_size, summarize  # noqa: E402
-from pipeline.models import create_model, list_models  # noqa: E402
-from pipeline.runtime import autocast  # noqa: E402
+from bench.timing import windows_img_per_s
+from pipeline.artifacts import atomic_write_text
+from pipeline.info import markdown_table, natural_key, parse_input_size, summarize
+from pipeline.models import create_model, list_models
+from pipeline.runtime import autocast
 
 
 def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str) -> Iterator[int]:

@@ -18,13 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from bench.machine import machine_summary
+from pipeline.artifacts import atomic_write_json, read_json, sha256_file
+from pipeline.config import load_yaml
+from pipeline.run_layout import MANIFEST, PREDICT_JSON
+from pipeline.train.logbook import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipeline.artifacts import atomic_write_json, read_json, sha256_file  # noqa: E402
-from bench.machine import machine_summary  # noqa: E402
 
 
 def stage(name: str, args: list[str], timings: dict[str, float]) -> None:
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="checkpoints")
     args = parser.parse_args()
 
-    config = yaml.safe_load((REPO / args.config).read_text())
+    config = load_yaml(REPO / args.config)
     run = args.run or f"quality-{Path(args.config).stem}" + (f"-s{args.seed}" if args.seed is not None else "")
     data_dir = Path(args.data_root) / args.competition
     submission = Path("submissions") / f"{run}-predictions.csv"
@@ -82,10 +82,10 @@ def main() -> None:
     total = round(time.perf_counter() - start, 1)
 
     run_dir = REPO / args.runs_dir / run
-    train_manifest = read_json(run_dir / "manifest.json")
-    predicted = read_json(run_dir / "predict.json")
+    train_manifest = read_json(run_dir / MANIFEST)
+    predicted = read_json(run_dir / PREDICT_JSON)
     history = train_manifest["metrics"].get("final") or {}
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir)
     speeds = sorted(r["img_per_s"] for r in rows)
     result = {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
@@ -113,7 +113,7 @@ def settings_sha256(config: Path) -> str:
     file's sha256 but not the experiment, so it must not force a rerun."""
     import hashlib
 
-    settings = yaml.safe_load(Path(config).read_text()) or {}
+    settings = load_yaml(config)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -18,7 +18,6 @@ import dataclasses
 import datetime as dt
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,22 +25,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.machine import machine_summary  # noqa: E402
-from bench.naive import naive_loader, naive_train_steps  # noqa: E402
-from bench.timing import round_robin, sync, windows_img_per_s  # noqa: E402
-from pipeline.artifacts import atomic_write_json, versions  # noqa: E402
-from pipeline.augment import build_train_loader  # noqa: E402
-from pipeline.models import create_model  # noqa: E402
-from pipeline.predict import view_logits  # noqa: E402
-from pipeline.runtime import resolve_device  # noqa: E402
-from pipeline.train.config import TrainConfig  # noqa: E402
-from pipeline.train import probe  # noqa: E402
-from pipeline.train.engine import build_trainer, train_one_epoch, train_step  # noqa: E402
-from pipeline.tta import TTA_LEVELS, level_views  # noqa: E402
+from bench.machine import machine_summary
+from bench.naive import naive_loader, naive_train_steps
+from bench.timing import round_robin, sync, windows_img_per_s
+from pipeline.artifacts import atomic_write_json, versions
+from pipeline.augment import build_train_loader
+from pipeline.models import create_model
+from pipeline.predict import view_logits
+from pipeline.runtime import resolve_device
+from pipeline.train.config import TrainConfig
+from pipeline.train import probe
+from pipeline.train.epoch import train_one_epoch
+from pipeline.train.trainer import build_trainer
+from pipeline.train.tune import probe_key_fields, probe_step
+from pipeline.tta import TTA_LEVELS, level_views
 
 MEAN, STD = [0.491, 0.482, 0.447], [0.247, 0.243, 0.261]  # CIFAR-10 train statistics
+SHAPE = (3, 32, 32)
 # The run the default path is sized for: TrainConfig's 30 epochs of CIFAR-10's 45,000 training images.
 DEFAULT_RUN_EPOCHS, CIFAR_TRAIN = TrainConfig().epochs, 45_000
 
@@ -52,7 +52,7 @@ def cifar_shaped(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def resnet20(device: torch.device, channels_last: bool) -> torch.nn.Module:
-    model = create_model("resnet20", num_classes=10, in_chans=3, input_size=(3, 32, 32)).to(device)
+    model = create_model("resnet20", num_classes=10, in_chans=3, input_size=SHAPE).to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
@@ -82,17 +82,14 @@ def pipeline_epochs(images, labels, device, args, **overrides):
         epoch += 1
 
 
-def probe_default(images, labels, device, args) -> probe.ProbeResult:
+def probe_default(device, args) -> probe.ProbeResult:
     """What `pipeline train` settles for TrainConfig's auto values here, measured afresh (a
     temporary cache), for a run long enough that the probe gets its full allowance."""
-    def make_step(c: probe.Candidate, batch: int):
-        cfg = dataclasses.replace(TrainConfig(), model="resnet20", batch_size=batch, device=str(device),
-                                  precision=c.precision, channels_last=c.channels_last, compile=c.compile)
-        tr = build_trainer(cfg, resnet20(device, c.channels_last), steps_per_epoch=100, num_classes=10,
-                           mean=MEAN, std=STD, device=device)
-        x = torch.from_numpy(images[:batch]).permute(0, 3, 1, 2).contiguous().to(device)
-        y = torch.from_numpy(labels[:batch]).to(device)
-        return lambda: train_step(tr, x, y)
+    cfg, module = default_config(args), resnet20(device, channels_last=False)
+
+    def make_step(c: probe.Candidate, batch: int):  # the engine's own probe step
+        return probe_step(cfg, module, c, batch, SHAPE, num_classes=10, mean=MEAN, std=STD,
+                          steps_per_epoch=CIFAR_TRAIN // args.batch_size, device=device)
 
     user_cache = probe.cache_path()
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,10 +103,14 @@ def probe_default(images, labels, device, args) -> probe.ProbeResult:
                                run_steps=DEFAULT_RUN_EPOCHS * (CIFAR_TRAIN // args.batch_size), path=fresh)
 
 
+def default_config(args) -> TrainConfig:
+    """The run `pipeline train --model resnet20` makes at this batch, with no speed flags."""
+    return dataclasses.replace(TrainConfig(), model="resnet20", batch_size=args.batch_size)
+
+
 def key_fields(args) -> dict:
-    """What the probe's cache keys hold for a ResNet-20 CIFAR run at this batch (as the engine's)."""
-    return {"model": "resnet20", "model_opts": {}, "batch_size": args.batch_size, "micro_batch_size": 0,
-            "input_shape": (3, 32, 32), "optimizer": TrainConfig().optimizer}
+    """What the probe's cache keys hold for that run: the engine's own fields (tune.probe_key_fields)."""
+    return probe_key_fields(default_config(args), SHAPE)
 
 
 def warm_up(streams: dict, device: torch.device) -> dict[str, float]:
@@ -209,7 +210,7 @@ def main() -> None:
         probe.Candidate(o["precision"], o["channels_last"], o["compile"]).name: first[n]["img_per_s"]
         for n, o in speed.items()})
     # Phase 2: the default path (the probe's choice, as `pipeline train` makes it) beside every variant.
-    found = probe_default(images, labels, device, args)
+    found = probe_default(device, args)
     print(f"  default path = {found.line()}", flush=True)
     report["probe"] = found.record()
     choice = found.choice

@@ -12,18 +12,14 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.machine import machine_summary  # noqa: E402
-from pipeline.models import create_model  # noqa: E402
-from pipeline.runtime import autocast, autocast_factory  # noqa: E402
-from pipeline.train.ema import ModelEma  # noqa: E402
+from bench.machine import machine_summary
+from pipeline.models import create_model
+from pipeline.runtime import autocast, autocast_factory
+from pipeline.train.ema import ModelEma
 
 
 def per_call_us(fn, calls: int, repeats: int = 5) -> float:

@@ -18,8 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from pipeline.errors import PipelineError
-
-MANIFEST = "manifest.json"
+from pipeline.run_layout import MANIFEST  # every stage's, a run folder's included
 
 
 def _umask() -> int:

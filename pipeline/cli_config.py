@@ -18,9 +18,10 @@ from pipeline.errors import PipelineError
 
 
 def setting(default: Any, help: str, *, choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
-            metavar: str | None = None, short: str | None = None) -> Any:
-    """A config field with its CLI help (optionally: the values its flag accepts, a short alias)."""
-    metadata = {"help": help, "choices": choices, "metavar": metavar, "short": short}
+            metavar: str | None = None, short: str | None = None, **extra: Any) -> Any:
+    """A config field with its CLI help (optionally: the values its flag accepts, a short alias, and
+    `extra` metadata that a stage reads off its own fields, e.g. TrainConfig's `resumable`)."""
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "short": short, **extra}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

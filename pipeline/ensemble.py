@@ -201,16 +201,22 @@ def choose_weights(cfg: EnsembleConfig, members: Sequence[Member]) -> np.ndarray
     return np.ones(len(members))
 
 
-def run_ensemble(cfg: EnsembleConfig) -> dict[str, Any]:
-    started = time.time()
+def _members(cfg: EnsembleConfig) -> list[Member]:
+    """The runs' predict outputs, each named once and all of the same val/test images."""
     if not cfg.runs:
         raise PipelineError("name at least one run to ensemble")
     repeated = sorted({r for r in cfg.runs if cfg.runs.count(r) > 1})
     if repeated:
         raise PipelineError(f"run {', '.join(repeated)} listed more than once; use --weights to weight it")
-    METHODS.get(cfg.method)
+    METHODS.get(cfg.method)  # an unknown method fails before any file is read
     members = [load_member(Path(cfg.runs_dir), run) for run in cfg.runs]
     check_compatible(members)
+    return members
+
+
+def run_ensemble(cfg: EnsembleConfig) -> dict[str, Any]:
+    started = time.time()
+    members = _members(cfg)
     weights = choose_weights(cfg, members)
     labels = members[0].val_labels
 

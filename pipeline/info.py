@@ -35,8 +35,24 @@ def summarize(model: nn.Module, input_size: Sequence[int]) -> dict[str, Any]:
     input_size is (C, H, W); MACs are per image. The model's train/eval mode is restored afterwards.
     """
     input_size = tuple(int(v) for v in input_size)
+    counted: set[int] = set()  # ids of the parameters already in a row (shared ones count once)
+    rows = _called_layer_rows(model, input_size, counted) + _uncalled_parameter_rows(model, counted)
+    params = sum(p.numel() for p in model.parameters())
+    assert params == sum(r["params"] for r in rows), "every parameter is in exactly one row"
+    return {
+        "input_size": list(input_size),
+        "rows": rows,
+        "totals": {
+            "params": params,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "macs": sum(r["macs"] for r in rows),
+        },
+    }
+
+
+def _called_layer_rows(model: nn.Module, input_size: tuple[int, ...], counted: set[int]) -> list[dict[str, Any]]:
+    """A row per leaf layer, in call order, from hooks on one forward pass of a zero image."""
     rows: list[dict[str, Any]] = []
-    counted: set[int] = set()
 
     def own_new_params(module: nn.Module) -> int:
         fresh = [p for p in module.parameters(recurse=False) if id(p) not in counted]
@@ -74,7 +90,12 @@ def summarize(model: nn.Module, input_size: Sequence[int]) -> dict[str, Any]:
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    return rows
 
+
+def _uncalled_parameter_rows(model: nn.Module, counted: set[int]) -> list[dict[str, Any]]:
+    """Rows for parameters no called layer owns (a module that never ran, parameters of a container)."""
+    rows = []
     for name, module in model.named_modules():
         fresh = [(n, p) for n, p in module.named_parameters(recurse=False) if id(p) not in counted]
         counted.update(id(p) for _, p in fresh)
@@ -84,18 +105,7 @@ def summarize(model: nn.Module, input_size: Sequence[int]) -> dict[str, Any]:
             rows.append({"name": label,
                          "type": type(module).__name__, "output_shape": None,
                          "params": sum(p.numel() for _, p in fresh), "macs": 0})
-
-    params = sum(p.numel() for p in model.parameters())
-    assert params == sum(r["params"] for r in rows), "every parameter is in exactly one row"
-    return {
-        "input_size": list(input_size),
-        "rows": rows,
-        "totals": {
-            "params": params,
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "macs": sum(r["macs"] for r in rows),
-        },
-    }
+    return rows
 
 
 def _first_tensor(output) -> torch.Tensor | None:

@@ -34,7 +34,8 @@ from pipeline.cli_config import config_file_option, config_options, parse_flag_l
 from pipeline.config import config_dict, resolve_config
 from pipeline.data.dataset import PreparedData, lineage_changes, load_prepared
 from pipeline.errors import PipelineError
-from pipeline.run_layout import OUTPUTS, PREDICT_JSON
+from pipeline.run_layout import (BEST, LAST, MANIFEST, OUTPUTS, PREDICT_JSON, TEST_IDS, TEST_LOGITS, VAL_IDS,
+                                 VAL_LABELS, VAL_LOGITS)
 from pipeline.runtime import (
     PRECISIONS, autocast, nhwc_to_nchw, normalizer, resolve_device, resolve_precision, to_model_input,
 )
@@ -42,7 +43,7 @@ from pipeline.runtime import (
 log = logging.getLogger(__name__)
 
 # --checkpoint -> (file, weights); None = the weights best.pt was selected by (EMA when training kept one)
-CHECKPOINTS = {"best": ("best.pt", None), "last": ("last.pt", "model"), "ema": ("last.pt", "ema")}
+CHECKPOINTS = {"best": (BEST, None), "last": (LAST, "model"), "ema": (LAST, "ema")}
 
 
 @dataclass
@@ -159,7 +160,7 @@ def measured_precision(run_dir: Path, ckpt: dict[str, Any], device: torch.device
     from pipeline.machine import device_name
 
     try:
-        probed = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")).get("probe") or {}
+        probed = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8")).get("probe") or {}
     except (OSError, ValueError):
         return "auto"
     trained = (ckpt.get("config") or {}).get("precision", "auto")
@@ -169,18 +170,11 @@ def measured_precision(run_dir: Path, ckpt: dict[str, Any], device: torch.device
 def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     """Score every TTA level on val, save the most complete level's val/test logits; a summary dict."""
     started = time.time()
-    levels = tta.parse_levels(cfg.tta) if cfg.tta else []
     run_dir = Path(cfg.runs_dir) / cfg.run
     loaded = load_run_model(run_dir, cfg.checkpoint)
     data = load_run_data(loaded.ckpt, loaded.path, cfg.data, cfg.allow_changed_data)
-    if levels:
-        flips.check_tta([level for level in levels if any(v.mirror for v in tta.level_views(level))], data.meta)
-    else:
-        levels = flips.default_tta(data.meta)
-        log.info("TTA %s: the default for %s (meta.json: flip_safe %s)", levels[0], data.root,
-                 str(flips.flip_safe(data.meta)).lower())
-    cfg = dataclasses.replace(cfg, tta=levels)  # predict.json records what ran
-    saved = tta.most_complete(levels)
+    cfg = dataclasses.replace(cfg, tta=_tta_levels(cfg, data))  # predict.json records what ran
+    levels, saved = cfg.tta, tta.most_complete(cfg.tta)
     device = resolve_device(cfg.device)
     precision = resolve_precision(measured_precision(run_dir, loaded.ckpt, device)
                                   if cfg.precision == "auto" else cfg.precision, device)
@@ -202,14 +196,37 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     test_logits = tta.combine(view_logits(model, test_images, tta.level_views(saved), **infer), saved)
 
     arrays = {
-        "val_logits.npy": val_by_level[saved].numpy().astype(np.float32),
-        "val_ids.npy": np.asarray(val_ids),
-        "val_labels.npy": np.asarray(val_labels, dtype=np.int64),
-        "test_logits.npy": test_logits.numpy().astype(np.float32),
-        "test_ids.npy": np.asarray(test_ids),
+        VAL_LOGITS: val_by_level[saved].numpy().astype(np.float32),
+        VAL_IDS: np.asarray(val_ids),
+        VAL_LABELS: np.asarray(val_labels, dtype=np.int64),
+        TEST_LOGITS: test_logits.numpy().astype(np.float32),
+        TEST_IDS: np.asarray(test_ids),
     }
     for name, array in arrays.items():
         atomic_save_npy(run_dir / name, array)
+    _write_record(run_dir, cfg, loaded, data, val_accuracy, started,
+                  {"counts": {"val": len(val_ids), "test": len(test_ids)}, "device": str(device),
+                   "precision": precision})
+    return {"run_dir": run_dir, "checkpoint": loaded, "data": data, "levels": levels, "saved": saved,
+            "val_accuracy": val_accuracy}
+
+
+def _tta_levels(cfg: PredictConfig, data: PreparedData) -> list[str]:
+    """The TTA levels asked for (mirrored views only where the data allows them), else the data's default."""
+    levels = tta.parse_levels(cfg.tta) if cfg.tta else []
+    if levels:
+        flips.check_tta([level for level in levels if any(v.mirror for v in tta.level_views(level))], data.meta)
+        return levels
+    levels = flips.default_tta(data.meta)
+    log.info("TTA %s: the default for %s (meta.json: flip_safe %s)", levels[0], data.root,
+             str(flips.flip_safe(data.meta)).lower())
+    return levels
+
+
+def _write_record(run_dir: Path, cfg: PredictConfig, loaded: LoadedRun, data: PreparedData,
+                  val_accuracy: dict[str, float], started: float, run_facts: dict[str, Any]) -> None:
+    """predict.json, last: the checkpoint and data the logits are of, each level's val accuracy."""
+    saved = tta.most_complete(cfg.tta)
     trained_on = loaded.ckpt.get("data") or {}
     write_manifest(
         run_dir, "predict",
@@ -224,20 +241,16 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
             "checkpoint": {"which": cfg.checkpoint, "path": str(loaded.path), "weights": loaded.weights,
                            "epoch": loaded.ckpt.get("epoch"), "sha256": sha256_file(loaded.path)},
             "tta": saved,
-            "tta_levels": levels,
+            "tta_levels": cfg.tta,
             "tta_averaging": "weighted mean of view logits (pipeline/tta.py)",
             "val_accuracy": val_accuracy[saved],
             "data": {"root": str(data.root), "competition": data.meta.get("competition", trained_on.get("competition")),
                      "split_sha256": sha256_file(data.root / "split.npz"),
                      "meta_sha256": sha256_file(data.root / "meta.json"),
                      "arrays_sha256": data.lineage},
-            "counts": {"val": len(val_ids), "test": len(test_ids)},
-            "device": str(device),
-            "precision": precision,
+            **run_facts,
         },
     )
-    return {"run_dir": run_dir, "checkpoint": loaded, "data": data, "levels": levels, "saved": saved,
-            "val_accuracy": val_accuracy}
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:

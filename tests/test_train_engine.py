@@ -13,6 +13,7 @@ from pipeline.artifacts import sha256_file
 from pipeline.checkpoint import build_model, load_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.train import engine, resume
+from pipeline.train import epoch as epoch_pass
 from pipeline.train.engine import run_training
 
 # Dropout (torch RNG), mixup (numpy RNG), crop+flip (loader seed), EMA and one-cycle all in play,
@@ -158,7 +159,7 @@ def test_early_stopping_keeps_the_best_epoch(data, tmp_path, monkeypatch):
     def fake_evaluate(*args, **kwargs):
         return {"loss": 1.0, "acc": next(accuracies), "samples": 16}
 
-    monkeypatch.setattr(engine, "evaluate", fake_evaluate)
+    monkeypatch.setattr(epoch_pass, "evaluate", fake_evaluate)
     summary = run_training(tiny_config(data, tmp_path, epochs=10, early_stop_patience=2))
     # best at epoch 2; epochs 3 (a tie is no improvement) and 4 are worse -> stop after epoch 4
     assert (summary["best_epoch"], summary["epochs_run"], summary["stopped_early"]) == (2, 4, True)

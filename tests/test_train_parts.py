@@ -11,9 +11,10 @@ from helpers_train import TinyNet
 from pipeline.errors import PipelineError
 from pipeline.train.config import TrainConfig
 from pipeline.train.ema import ModelEma
-from pipeline.train.engine import build_trainer, train_one_epoch
+from pipeline.train.epoch import train_one_epoch
 from pipeline.train.optim import OPTIMIZERS, build_optimizer, l1_penalty, param_groups
 from pipeline.train.schedules import SCHEDULES, build_scheduler, lr_factor
+from pipeline.train.trainer import build_trainer
 
 
 def factors(cfg: TrainConfig, steps_per_epoch: int, steps: list[int]) -> list[float]:

@@ -198,6 +198,26 @@ def select(data: Ingested, cfg: DataConfig, out: Path) -> Selected:
 def write_prepared(out: Path, data: Ingested, cfg: DataConfig, started: float) -> dict[str, Any]:
     """Write arrays, split, sample submission, answer key, meta.json and manifest.json into `out`."""
     kept = select(data, cfg, out)
+    outputs, (train_idx, val_idx) = _write_arrays(out, data, kept, cfg)
+    meta = _meta(out, data, kept, cfg, outputs, len(train_idx), len(val_idx))
+    atomic_write_json(out / "meta.json", meta)
+    write_manifest(
+        out,
+        "data",
+        inputs=meta["raw_inputs"],
+        outputs=[*meta["outputs"], file_entry(out / "meta.json", out)],
+        config=config_dict(cfg),
+        metrics={"counts": meta["counts"], "mean": meta["mean"], "std": meta["std"]},
+        started=started,
+        seed=cfg.seed,
+    )
+    meta["seconds"] = round(time.time() - started, 1)
+    return meta
+
+
+def _write_arrays(out: Path, data: Ingested, kept: Selected,
+                  cfg: DataConfig) -> tuple[list[str], tuple[np.ndarray, np.ndarray]]:
+    """The arrays, the split, the sample submission and the answer key; (their names, (train, val) indices)."""
     arrays, fmt = kept.arrays, data.submission
     # Plain np.save: `out` is a temp folder renamed only when complete, so each file need not be atomic.
     for name, array in arrays.items():
@@ -216,17 +236,23 @@ def write_prepared(out: Path, data: Ingested, cfg: DataConfig, started: float) -
         (out / ANSWERS).parent.mkdir()
         (out / ANSWERS).write_text(fmt.csv_text(arrays["test_ids"], kept.answers, data.classes))
         outputs.append(ANSWERS)
+    return outputs, (train_idx, val_idx)
 
+
+def _meta(out: Path, data: Ingested, kept: Selected, cfg: DataConfig, outputs: list[str], n_train: int,
+          n_val: int) -> dict[str, Any]:
+    """meta.json: what train and predict read about the data (shape, classes, stats, flips, files)."""
+    arrays, fmt = kept.arrays, data.submission
     mean, std = channel_stats(arrays["train_images"])
     h, w, c = arrays["train_images"].shape[1:]
     names = (cfg.competition, data.details.get("format"), data.details.get("kaggle"),
              Path(str(data.details.get("location", ""))).name)
     flip_safe, flip_why = flips.decide(cfg.flip, names, data.classes)
-    meta = {
+    return {
         "competition": cfg.competition,
         "classes": data.classes,
         "image_shape": [h, w, c],
-        "counts": {"all": len(arrays["train_ids"]), "train": len(train_idx), "val": len(val_idx), "test": n_test},
+        "counts": {"all": len(arrays["train_ids"]), "train": n_train, "val": n_val, "test": len(arrays["test_ids"])},
         "class_counts": np.bincount(arrays["train_labels"], minlength=len(data.classes)).tolist(),
         "mean": mean,
         "std": std,
@@ -247,19 +273,6 @@ def write_prepared(out: Path, data: Ingested, cfg: DataConfig, started: float) -
         "outputs": [file_entry(out / name, out) for name in outputs],
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write_json(out / "meta.json", meta)
-    write_manifest(
-        out,
-        "data",
-        inputs=meta["raw_inputs"],
-        outputs=[*meta["outputs"], file_entry(out / "meta.json", out)],
-        config=config_dict(cfg),
-        metrics={"counts": meta["counts"], "mean": mean, "std": std},
-        started=started,
-        seed=cfg.seed,
-    )
-    meta["seconds"] = round(time.time() - started, 1)
-    return meta
 
 
 def first_rows(csv_bytes: bytes, n: int) -> bytes:

@@ -11,10 +11,7 @@ from typing import Any
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.registry import Registry
-
-MODELS = Registry("model")
-register_model = MODELS.register
+from pipeline.models.catalog import MODELS, register_model  # noqa: F401 (re-exported)
 
 # Registration happens on import; keep this list in sync with the files in this folder.
 from pipeline.models import simple, resnet, vgg, airbench, timm_models  # noqa: E402,F401

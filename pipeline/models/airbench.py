@@ -20,7 +20,7 @@ from __future__ import annotations
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models import register_model
+from pipeline.models.catalog import register_model
 from pipeline.models.layers import make_act, spatial_size
 from pipeline.models.init import dirac_init_
 

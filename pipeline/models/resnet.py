@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models import register_model
+from pipeline.models.catalog import register_model
 from pipeline.models.layers import check_choice, init_weights, spatial_size
 
 SHORTCUTS = ("A", "B")

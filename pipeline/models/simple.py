@@ -6,7 +6,7 @@ follows from input_size, so the same model runs on 3x32x32, 1x28x28 and 1x32x32.
 from __future__ import annotations
 
 from pipeline.errors import PipelineError
-from pipeline.models import register_model
+from pipeline.models.catalog import register_model
 from pipeline.models.layers import ConvNet
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models import register_model
+from pipeline.models.catalog import register_model
 from pipeline.registry import did_you_mean
 
 

@@ -7,7 +7,7 @@ between FC layers, Xavier-normal init.
 """
 from __future__ import annotations
 
-from pipeline.models import register_model
+from pipeline.models.catalog import register_model
 from pipeline.models.layers import ConvNet
 
 # The paper's configurations: ints are 3x3 conv widths, "M" is a 2x2 max pool.

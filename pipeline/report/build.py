@@ -11,11 +11,9 @@ from pipeline.errors import PipelineError
 from pipeline.report import page, runs
 from pipeline.report.context import RunContext
 from pipeline.report.sections import SECTIONS, Section
+from pipeline.run_layout import BEST, METRICS_CSV, REPORT_DIR, REPORT_HTML
 
 log = logging.getLogger(__name__)
-
-FIGURES_DIR = "report"
-PAGE = "report.html"
 
 
 @dataclass
@@ -55,17 +53,17 @@ def build_report(run_dir: Path, *, device, tsne_points: int = 1000, skip: tuple[
     if all(sec.note and not sec.figures for _, _, sec in built):
         raise PipelineError(f"{run_dir}: nothing to report; {built[0][0]}: {built[0][2].note}" if built
                             else "every report section was skipped")
-    figures_dir = run_dir / FIGURES_DIR
+    figures_dir = run_dir / REPORT_DIR
     figures = [(name, png) for _, _, sec in built for name, png in sec.figures.items()]
     with building_dir(figures_dir) as tmp:  # the previous report stays intact until this one is complete
         for name, png in figures:
             atomic_write_bytes(tmp / name, png)
-        inputs = [p for p in (run_dir / "best.pt", run_dir / "metrics.csv") if p.is_file()]
+        inputs = [p for p in (run_dir / BEST, run_dir / METRICS_CSV) if p.is_file()]
         write_manifest(tmp, "report", inputs=inputs, outputs=[file_entry(tmp / name, tmp) for name, _ in figures],
                        config={"run": str(run_dir), "tsne_points": tsne_points, "skip": skip},
                        metrics={"section_seconds": timings}, started=started)
-    html = page.render(ctx.name, _summary(ctx), built, ctx.config, FIGURES_DIR)
-    page_path = atomic_write_text(run_dir / PAGE, html)
+    html = page.render(ctx.name, _summary(ctx), built, ctx.config, REPORT_DIR)
+    page_path = atomic_write_text(run_dir / REPORT_HTML, html)
     return ReportResult(
         page=page_path, figures=[figures_dir / name for name, _ in figures],
         seconds=round(time.time() - started, 2), section_seconds=timings,

@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.report import runs
+from pipeline.run_layout import MANIFEST
 
 # Never "key config": they name files or machines, not the experiment.
 NOT_CONFIG = {"run", "out_dir", "resume", "overwrite", "device", "workers", "log_every", "eval_batch_size",
@@ -39,7 +40,7 @@ def load_record(run: str, runs_dir: str | Path) -> RunRecord:
 
 def _wall_seconds(path: Path, metrics: list[dict[str, Any]]) -> float | None:
     """The training manifest's wall time; for an unfinished run the sum of its epoch times."""
-    manifest = path / "manifest.json"
+    manifest = path / MANIFEST
     if manifest.is_file():
         from pipeline.artifacts import read_json
 

@@ -13,6 +13,7 @@ import torch
 from pipeline.artifacts import load_npy, read_json, sha256_file
 from pipeline.errors import PipelineError
 from pipeline.report import runs
+from pipeline.run_layout import BEST, PREDICT_JSON, VAL_IDS, VAL_LOGITS
 
 log = logging.getLogger(__name__)
 
@@ -102,19 +103,17 @@ class RunContext:
 
     def _predicted_val_logits(self, ids: np.ndarray) -> tuple[np.ndarray, str] | None:
         """predict's val_logits.npy, if they are of the current best.pt and cover exactly these ids."""
-        from pipeline.run_layout import PREDICT_JSON
-
         info_path = self.run_dir / PREDICT_JSON
-        if not (info_path.is_file() and (self.run_dir / "val_logits.npy").is_file()):
+        if not (info_path.is_file() and (self.run_dir / VAL_LOGITS).is_file()):
             return None
         info = read_json(info_path)
         checkpoint = info.get("checkpoint") or {}
-        best = self.run_dir / "best.pt"
-        if Path(checkpoint.get("path", "")).name != "best.pt" or checkpoint.get("sha256") != sha256_file(best):
+        best = self.run_dir / BEST
+        if Path(checkpoint.get("path", "")).name != BEST or checkpoint.get("sha256") != sha256_file(best):
             log.info("%s: val logits are not of the current best.pt; computing them again", info_path)
             return None
-        logits = load_npy(self.run_dir / "val_logits.npy")
-        saved_ids = load_npy(self.run_dir / "val_ids.npy")
+        logits = load_npy(self.run_dir / VAL_LOGITS)
+        saved_ids = load_npy(self.run_dir / VAL_IDS)
         if len(saved_ids) != len(ids) or set(saved_ids.tolist()) != set(ids.tolist()):
             log.info("%s: val ids differ from the data's split; computing the logits again", info_path)
             return None

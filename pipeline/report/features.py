@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.report import runs
+from pipeline.run_layout import CHECKPOINTS, snapshots
 
 PCA_DIMS = 50  # t-SNE on more dimensions is slow and no better (scikit-learn's advice)
 DEFAULT_PERPLEXITY = 30.0
@@ -47,9 +47,9 @@ def pick_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """
     from pipeline.checkpoint import load_checkpoint
 
-    found = dict(runs.snapshots(run_dir))
+    found = dict(snapshots(run_dir))
     if len(found) < 3:
-        for name in ("last.pt", "best.pt"):
+        for name in CHECKPOINTS:
             path = run_dir / name
             if path.is_file():
                 found.setdefault(int(load_checkpoint(path).get("epoch", 0)), path)

@@ -7,21 +7,18 @@ from __future__ import annotations
 import csv
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pipeline.config import load_yaml
 from pipeline.errors import PipelineError
-
-SNAPSHOT = re.compile(r"^epoch_(\d+)\.pt$")
+from pipeline.run_layout import BEST, CONFIG, LAST, METRICS_CSV
 
 
 def find_run(run: str | os.PathLike, runs_dir: str | os.PathLike = "checkpoints") -> Path:
     """RUN as a name under runs_dir, or as a path to the run folder itself."""
     for candidate in (Path(runs_dir) / run, Path(run)):
-        if candidate.is_dir() and any((candidate / f).is_file() for f in ("metrics.csv", "last.pt", "best.pt")):
+        if candidate.is_dir() and any((candidate / f).is_file() for f in (METRICS_CSV, LAST, BEST)):
             return candidate
     raise PipelineError(f"{Path(runs_dir) / run}: no run folder (metrics.csv or checkpoints); "
                         "train it first or check --runs-dir")
@@ -29,7 +26,7 @@ def find_run(run: str | os.PathLike, runs_dir: str | os.PathLike = "checkpoints"
 
 def read_metrics(run_dir: str | os.PathLike, missing_ok: bool = False) -> list[dict[str, Any]]:
     """metrics.csv as one dict per epoch, numbers as floats (epoch as int, blanks as None)."""
-    path = Path(run_dir) / "metrics.csv"
+    path = Path(run_dir) / METRICS_CSV
     if not path.is_file():
         if missing_ok:
             return []
@@ -61,20 +58,6 @@ def best_row(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
 
 
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise PipelineError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-
-
-def snapshots(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(epoch, path) of the epoch_<N>.pt files `train --save-every K` keeps, oldest first."""
-    found = []
-    for path in Path(run_dir).glob("epoch_*.pt"):
-        match = SNAPSHOT.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
+    """The run's config.yaml, {} if it has none (a run copied without it: the checkpoint's serves)."""
+    path = Path(run_dir) / CONFIG
+    return load_yaml(path) if path.is_file() else {}

@@ -15,6 +15,7 @@ import torch
 from pipeline import plots
 from pipeline.errors import PipelineError
 from pipeline.report.context import RunContext
+from pipeline.run_layout import CURVES, METRICS_CSV
 
 AUGMENTED_IMAGES = 32
 MISTAKE_IMAGES = 40
@@ -67,9 +68,9 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 def curves(ctx: RunContext) -> Section:
     rows = ctx.metrics
     if not rows:
-        raise PipelineError(f"{ctx.run_dir / 'metrics.csv'}: no epochs logged yet")
+        raise PipelineError(f"{ctx.run_dir / METRICS_CSV}: no epochs logged yet")
     out = Section()
-    out.figures["curves.png"] = plots.training_curves(rows)
+    out.figures[CURVES] = plots.training_curves(rows)
     out.figures["lr_schedule.png"] = plots.lr_schedule(rows, _per_step_lr(ctx))
     last = rows[-1]
     keys = [k for k in ("train_loss", "train_acc", "val_loss", "val_acc", "ema_val_acc", "lr", "seconds",

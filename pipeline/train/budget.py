@@ -7,13 +7,34 @@ during training from the speed actually seen. If the run falls behind, what is l
 schedule is compressed into fewer steps (schedules.StepWarp: the same shape, down to the same
 floor), so the run ends early but finished - annealed, evaluated, checkpointed - and is never cut
 off mid-epoch.
+
+plan_budget makes the plan at the start of a run (measuring what an epoch's evaluation and
+checkpoints cost); check_in_epoch and check_at_epoch_end keep a running trainer inside it.
 """
 from __future__ import annotations
 
+import dataclasses
+import io
+import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from pipeline.config import load_yaml
+from pipeline.data.dataset import PreparedData
+from pipeline.run_layout import CONFIG
+from pipeline.runtime import autocast
+from pipeline.train import distributed
+from pipeline.train.config import TrainConfig
+from pipeline.train.probe import ProbeResult
+from pipeline.train.schedules import total_steps
+
+log = logging.getLogger(__name__)
 
 # The probe times training steps only; the loader, augmentation and Python around them are not
 # in its figure, so the first plan keeps this share of the time in hand. Checks during the run
@@ -165,3 +186,98 @@ class BudgetClock:
         self.planned_steps = self.total_steps
         self.plan_line = self.line()
         return self.plan_line
+
+
+def plan_budget(cfg: TrainConfig, module: nn.Module, probed: ProbeResult, data: PreparedData,
+                steps_per_epoch: int, n_val: int, device: torch.device, dist_info, run_dir: Path,
+                started: float) -> tuple[TrainConfig, BudgetClock]:
+    """--time-budget: epochs sized so training, evaluations, checkpoints and the write-up fit
+    (printed as one line); a resumed run keeps the epochs it was planned with."""
+    clock = None
+    if dist_info.is_main:
+        overhead_s = _epoch_overhead_s(cfg, module, data, n_val, device)
+        clock = BudgetClock(budget_s=cfg.time_budget, started=started, steps_per_epoch=steps_per_epoch,
+                            batch_size=cfg.batch_size * dist_info.world_size,
+                            step_s=cfg.batch_size / probed.img_per_s, epoch_overhead_s=overhead_s,
+                            final_s=overhead_s)
+        if cfg.resume:
+            epochs = float(load_yaml(run_dir / CONFIG)["epochs"])
+            clock.total_steps = total_steps(epochs, steps_per_epoch)
+            clock.planned_epochs = epochs
+            clock.plan_line = f"budget {cfg.time_budget:g} s: resuming the planned {epochs:g} epochs"
+            log.info("%s", clock.plan_line)
+        else:
+            clock.plan()
+            log.info("%s", clock.freeze_plan())
+    clock = distributed.broadcast_object(clock)
+    return dataclasses.replace(cfg, epochs=clock.planned_epochs), clock
+
+
+def _epoch_overhead_s(cfg: TrainConfig, module: nn.Module, data: PreparedData, n_val: int,
+                      device: torch.device) -> float:
+    """One evaluation pass and two checkpoint writes (best + last) per epoch, measured here
+    (`module` is already in its final memory format; eval mode changes no state)."""
+    batch = min(cfg.eval_batch_size, n_val)
+    x = torch.randn(batch, *data.input_size, device=device)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    was_training = module.training
+    module.eval()
+    with torch.inference_mode(), autocast(device, cfg.precision):
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            module(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+    module.train(was_training)
+    eval_s = min(times) * math.ceil(n_val / batch) * (2 if cfg.ema > 0 else 1)  # the EMA is evaluated too
+    t0 = time.perf_counter()
+    torch.save({"model": module.state_dict(), "twice": module.state_dict()}, io.BytesIO())
+    save_s = 2 * (time.perf_counter() - t0)
+    return eval_s + save_s
+
+
+def check_in_epoch(tr, step: int, epoch_s: float) -> int:
+    """In-epoch check of tr.budget (tr: the run's train.trainer.Trainer) after `step` steps of this
+    epoch: how many steps this epoch may take (fewer than planned if the run fell behind and its
+    schedule was compressed)."""
+    clock = tr.budget
+    done = tr.global_step
+    first = done - step
+    if clock.check(done, first // clock.steps_per_epoch, epoch_s, step, _schedule_done(tr)) is not None:
+        _compress(tr)
+    return clock.total_steps - first
+
+
+def check_at_epoch_end(tr, train: dict, epoch_start: float, main: bool) -> None:
+    """Record the epoch's measured times, then check the budget at the boundary (rank 0 decides)."""
+    clock = tr.budget
+    overhead = time.perf_counter() - epoch_start - train["seconds"]
+    clock.end_epoch(train["seconds"], train["steps"], overhead)
+    new_total = clock.check(tr.global_step, math.ceil(tr.global_step / clock.steps_per_epoch),
+                            schedule_done=_schedule_done(tr)) if main else None
+    new_total = distributed.broadcast_object(new_total)
+    if new_total is not None:
+        clock.total_steps = new_total
+        _compress(tr)
+
+
+def _schedule_done(tr) -> float:
+    return tr.scheduler.warp(tr.global_step) / max(1, tr.budget.schedule_steps)
+
+
+def _compress(tr) -> None:
+    """Fit the rest of the lr schedule (and lookahead's horizon) into tr.budget.total_steps steps:
+    squeezed when behind the budget, stretched when far ahead early on."""
+    clock = tr.budget
+    # the lr at this step stays what it is (the warp keeps it); later steps reach the floor sooner
+    tr.scheduler.warp.compress(tr.global_step, clock.total_steps, clock.schedule_steps)
+    if tr.lookahead is not None:
+        tr.lookahead.total_steps = clock.total_steps
+    last = clock.replans[-1] if clock.replans else None
+    if last is not None:
+        log.info("%s the time budget at step %d (%.1f s): the schedule now ends at step %d instead of %d",
+                 "behind" if last.new_total < last.old_total else "ahead of", last.at_step, last.elapsed_s,
+                 last.new_total, last.old_total)

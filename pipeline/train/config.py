@@ -1,11 +1,13 @@
 """TrainConfig: every knob of a training run, as plain values (defaults < YAML < CLI flags).
 
 The `help` metadata of each field becomes the help text of its CLI flag (pipeline/cli_config.py), so the
-flag list and this dataclass cannot drift apart.
+flag list and this dataclass cannot drift apart. `resumable=True` marks the fields --resume (and
+--extend) may change: where and how fast the run goes, not what it learns; any other difference
+makes it another experiment (RESUME_MAY_CHANGE, read by train/resume.py and train/run_folder.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional
 
 from pipeline.cli_config import setting as _opt
@@ -15,16 +17,17 @@ from pipeline.errors import PipelineError
 @dataclass
 class TrainConfig:
     # what to train on, and what
-    data: str = _opt("data/digits", "Prepared data folder (written by `pipeline data`).")
+    data: str = _opt("data/digits", "Prepared data folder (written by `pipeline data`).", resumable=True)
     competition: Optional[str] = _opt(None, "Expected competition name; checked against meta.json.")
     model: str = _opt("resnet20", "Registered model name, or timm:<name>.")
     model_opts: dict = _opt({}, "Model options (CLI: --model-opt key=value, repeatable).")
-    run: Optional[str] = _opt(None, "Run name; default <competition>-<model>.")
-    out_dir: str = _opt("checkpoints", "Folder that holds one sub-folder per run.")
+    run: Optional[str] = _opt(None, "Run name; default <competition>-<model>.", resumable=True)
+    out_dir: str = _opt("checkpoints", "Folder that holds one sub-folder per run.", resumable=True)
     # length and batches
-    epochs: float = _opt(30, "Number of epochs; a fraction ends the schedule inside the last epoch (9.9).")
+    epochs: float = _opt(30, "Number of epochs; a fraction ends the schedule inside the last epoch (9.9).",
+                         resumable=True)
     batch_size: int = _opt(128, "Training batch size per process.")
-    eval_batch_size: int = _opt(512, "Validation batch size.")
+    eval_batch_size: int = _opt(512, "Validation batch size.", resumable=True)
     micro_batch_size: int = _opt(0, "Run each batch's forward/backward in slices of this many images and "
                                     "accumulate their gradients (0 = whole batch): the same step in less "
                                     "memory; BatchNorm then normalises each slice separately.")
@@ -78,7 +81,8 @@ class TrainConfig:
     whiten_bias_epochs: float = _opt(0.0, "whiten_init: train the whitening conv's bias for this many epochs, "
                                           "then freeze it (0 = train it throughout).")
     grad_clip: float = _opt(0.0, "Clip the gradient norm to this value (0 = off).")
-    early_stop_patience: int = _opt(0, "Stop after this many epochs without a better val accuracy (0 = off).")
+    early_stop_patience: int = _opt(0, "Stop after this many epochs without a better val accuracy (0 = off).",
+                                    resumable=True)
     # augmentation
     augment: str = _opt("standard", "Augmentation policy: none; standard (random crop + horizontal flip); "
                                     "standard+cutout; lab (albumentations: flips, crop, affine, color jitter, "
@@ -92,32 +96,36 @@ class TrainConfig:
                                   "policies only) or none.")
     # speed
     precision: str = _opt("auto", "Autocast precision: auto (the fastest, measured by the probe on this "
-                                  "machine), bf16, fp16 (CUDA only) or fp32.")
+                                  "machine), bf16, fp16 (CUDA only) or fp32.", resumable=True)
     channels_last: Optional[bool] = _opt(None, "channels_last memory format for model and inputs; unset = auto "
-                                               "(measured by the probe).")
+                                               "(measured by the probe).", resumable=True)
     compile: Optional[bool] = _opt(None, "torch.compile the model; unset = auto (probed only where a compile, "
-                                         "as last timed on this machine, fits the probe's allowance).")
+                                         "as last timed on this machine, fits the probe's allowance).", resumable=True)
     probe: bool = _opt(True, "Settle the auto values above by timing a few real steps of each candidate "
                              "(<= 10 s or 2% of the run, cached per machine); --no-probe takes fp32 on CPU "
-                             "(bf16/fp16 on CUDA), channels_last, no compile.")
+                             "(bf16/fp16 on CUDA), channels_last, no compile.", resumable=True)
     time_budget: float = _opt(0.0, "Train for this many seconds in all (0 = off): the epochs are planned from "
-                                   "the measured speed; a run that falls behind ends its schedule sooner.")
-    workers: int = _opt(2, "Data-loader worker processes.")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
+                                   "the measured speed; a run that falls behind ends its schedule sooner.",
+                          resumable=True)
+    workers: int = _opt(2, "Data-loader worker processes.", resumable=True)
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.", resumable=True)
     final_fit: bool = _opt(False, "Train on every labelled image (train + val split): the last fit before a "
                                   "submission. Val accuracy is then measured on training images.")
     # reproducibility and bookkeeping
     seed: int = _opt(0, "Seeds python, numpy, torch and the loader workers.")
-    deterministic: bool = _opt(False, "Deterministic algorithms only (slower on GPU).")
-    save_every: int = _opt(0, "Also keep epoch_<N>.pt every this many epochs (0 = off).")
-    resume: bool = _opt(False, "Continue the run from its last.pt.")
-    overwrite: bool = _opt(False, "Start the run afresh even if its folder holds checkpoints.")
+    deterministic: bool = _opt(False, "Deterministic algorithms only (slower on GPU).", resumable=True)
+    save_every: int = _opt(0, "Also keep epoch_<N>.pt every this many epochs (0 = off).", resumable=True)
+    resume: bool = _opt(False, "Continue the run from its last.pt.", resumable=True)
+    overwrite: bool = _opt(False, "Start the run afresh even if its folder holds checkpoints.", resumable=True)
     replace: bool = _opt(False, "Retrain an existing run into a staging folder beside it that takes the run's "
                                 "place only when training completes (the earlier run stays whole until then; "
-                                "what `make train` uses).")
+                                "what `make train` uses).", resumable=True)
     extend: bool = _opt(False, "With --replace: if the existing run differs only by a smaller --epochs, continue it "
-                               "from last.pt instead (the lr schedule is rebuilt for the new length).")
-    log_every: int = _opt(20, "Refresh the progress bar (and check the loss is finite) every N steps.")
+                               "from last.pt instead (the lr schedule is rebuilt for the new length).", resumable=True)
+    log_every: int = _opt(20, "Refresh the progress bar (and check the loss is finite) every N steps.", resumable=True)
+
+
+RESUME_MAY_CHANGE = frozenset(f.name for f in fields(TrainConfig) if f.metadata.get("resumable"))
 
 
 def check_config(cfg: TrainConfig) -> None:

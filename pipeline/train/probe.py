@@ -332,73 +332,124 @@ def run_probe(
     run_steps: optimizer steps of the planned run (sizes the allowance when there is no time_budget).
     With a time_budget the chosen candidate's speed is always measured (the plan needs it).
     """
-    path = path or cache_path()
-    name = device_name(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    limit = min(MAX_SECONDS, RUN_SHARE * time_budget) if time_budget else MAX_SECONDS
+    probe = _Probe(device, key_fields, batch_size, make_step, run_steps, time_budget, path or cache_path(), clock)
     # compile is never timed inside the allowance (a compile per candidate would take it all): with
     # compile auto, with_compile decides from speeds measured with it on this machine (make bench)
     cands = candidates(precision, channels_last, compile, device, allow_compile=False)
-    started = clock()
-
-    def speed_of(candidate: Candidate) -> float | None:
-        if not time_budget:
-            return None
-        step = {candidate: make_step(candidate, batch_size)}
-        medians, _, _ = measure(step, limit_s=lambda s: 1.5 * (WARMUP_STEPS + MIN_TIMED) * s, clock=clock, sync=sync)
-        return batch_size / medians[candidate]
-
     auto = len(cands) > 1  # an auto value with a single candidate (compile not affordable) is no choice
     if not auto or not enabled:
-        choice = cands[0]  # the explicit values, or the static fallback for the auto ones
-        rate = speed_of(choice)
-        result = ProbeResult(choice, "fixed" if not auto else "skipped", rate,
-                             {choice.name: round(rate, 1)} if rate else {}, clock() - started, name)
-        return with_compile(result, device, key_fields, run_steps, time_budget, path) if compile is None and enabled \
-            else result
+        # the explicit values, or the static fallback for the auto ones
+        result = probe.fixed(cands[0], "fixed" if not auto else "skipped")
+        return probe.with_compile(result) if compile is None and enabled else result
     key = cache_key(device, candidates=cands, **key_fields)
-    hit = read_cache(key, path)
-    if hit:
+    result = probe.cached(key)
+    if result is None:
+        result = probe.measured(cands, key)
+        if result.source != "measured":
+            return result
+    return probe.with_compile(result) if compile is None else result
+
+
+@dataclass
+class _Probe:
+    """One run's probe: what its steps share, and the steps (a fixed answer, a cached one, a
+    measured one). Every figure of seconds counts from its creation."""
+
+    device: torch.device
+    key_fields: dict[str, Any]
+    batch_size: int
+    make_step: Callable[[Candidate, int], Callable[[], None]]
+    run_steps: int
+    time_budget: float
+    path: Path
+    clock: Callable[[], float]
+    name: str = field(init=False)  # the device's, as the results name it
+    limit: float = field(init=False)  # the allowance's ceiling, before the run's share is known
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = device_name(self.device)
+        self.limit = min(MAX_SECONDS, RUN_SHARE * self.time_budget) if self.time_budget else MAX_SECONDS
+        self.started = self.clock()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def spent(self) -> float:
+        return self.clock() - self.started
+
+    def speed_of(self, candidate: Candidate) -> float | None:
+        """img/s of `candidate` at the run's batch, measured now: only a time budget's plan needs it."""
+        if not self.time_budget:
+            return None
+        step = {candidate: self.make_step(candidate, self.batch_size)}
+        medians, _, _ = measure(step, limit_s=lambda s: 1.5 * (WARMUP_STEPS + MIN_TIMED) * s, clock=self.clock,
+                                sync=self.sync)
+        return self.batch_size / medians[candidate]
+
+    def with_compile(self, result: ProbeResult) -> ProbeResult:
+        return with_compile(result, self.device, self.key_fields, self.run_steps, self.time_budget, self.path)
+
+    def fixed(self, choice: Candidate, source: str) -> ProbeResult:
+        rate = self.speed_of(choice)
+        return ProbeResult(choice, source, rate, {choice.name: round(rate, 1)} if rate else {}, self.spent(),
+                           self.name)
+
+    def cached(self, key: str) -> ProbeResult | None:
+        hit = read_cache(key, self.path)
+        if not hit:
+            return None
         try:
             choice = Candidate(**hit["choice"])
         except (TypeError, KeyError):
-            choice = None  # an entry of an older layout: measure again
-        if choice is not None:
-            rate = hit.get("img_per_s") or speed_of(choice)  # measured on a slice: the plan needs the batch's
-            result = ProbeResult(choice, "cache", rate, dict(hit.get("measured", {})), clock() - started, name,
-                                 str(path), hit.get("batch"))
-            return with_compile(result, device, key_fields, run_steps, time_budget, path) if compile is None else result
-    # Scout steps on two small slices tell how long a full step takes, hence the allowance, and the
-    # largest power-of-2 slice of the batch at which every candidate can be timed within it.
-    fixed, per_image = scout_costs(make_step, cands[0], batch_size, clock=clock, sync=sync)
+            return None  # an entry of an older layout: measure again
+        rate = hit.get("img_per_s") or self.speed_of(choice)  # measured on a slice: the plan needs the batch's
+        return ProbeResult(choice, "cache", rate, dict(hit.get("measured", {})), self.spent(), self.name,
+                           str(self.path), hit.get("batch"))
 
-    def full_step_s(batch: int) -> float:
-        return fixed + per_image * batch
+    def measured(self, cands: list[Candidate], key: str) -> ProbeResult:
+        """Time every candidate (on a slice of the batch if the allowance needs it), or borrow what
+        a longer run measured here when even that does not fit."""
+        # Scout steps on two small slices tell how long a full step takes, hence the allowance, and the
+        # largest power-of-2 slice of the batch at which every candidate can be timed within it.
+        fixed, per_image = scout_costs(self.make_step, cands[0], self.batch_size, clock=self.clock, sync=self.sync)
 
-    allowance = min(limit, RUN_SHARE * (time_budget or run_steps * full_step_s(batch_size)))
-    # the scout's estimate from small slices is a rough guide: keep a margin
-    per_step = SAFETY * (allowance - (clock() - started)) / (WARMUP_STEPS + (len(cands) - 1) * OTHER_WARMUP
-                                                              + len(cands) * MIN_TIMED)
-    batch = batch_size
-    while batch // 2 >= MIN_PROBE_BATCH and full_step_s(batch) > per_step:
-        batch //= 2
-    complete = full_step_s(batch) <= per_step
-    medians = {cands[0]: full_step_s(batch)}
-    if complete:
-        medians, _, complete = measure({c: make_step(c, batch) for c in cands}, clock=clock, sync=sync,
-                                       limit_s=lambda step_s: allowance - (clock() - started))
-    if not complete and (known := nearest_answer(key, path)) is not None:  # what a longer run measured here
-        choice, at = known
-        return ProbeResult(choice, "borrowed", speed_of(choice), {}, clock() - started, name, str(path), batch=at)
-    rates = {c.name: round(batch / s, 1) for c, s in medians.items()}
-    choice = choose(medians) if complete else cands[0]
-    rate = rates[choice.name] if batch == batch_size else None  # a slice's or a scout's rate is not the batch's
-    if time_budget and (batch != batch_size or not complete):
-        rate = speed_of(choice)  # the plan needs the speed at the real batch, not a slice's or a scout's
-    if not complete:
-        return ProbeResult(choice, "too short", rate, rates, clock() - started, name, batch=batch)
-    result = ProbeResult(choice, "measured", rate, rates, clock() - started, name,
-                         str(path), batch=batch if batch != batch_size else None)
-    write_cache(key, {"choice": asdict(choice), "img_per_s": result.img_per_s, "measured": rates,
-                      "seconds": round(result.seconds, 2), "batch": result.batch, "date": time.strftime("%Y-%m-%d")}, path)
-    return with_compile(result, device, key_fields, run_steps, time_budget, path) if compile is None else result
+        def full_step_s(batch: int) -> float:
+            return fixed + per_image * batch
+
+        allowance = min(self.limit, RUN_SHARE * (self.time_budget or self.run_steps * full_step_s(self.batch_size)))
+        # the scout's estimate from small slices is a rough guide: keep a margin
+        per_step = SAFETY * (allowance - self.spent()) / (WARMUP_STEPS + (len(cands) - 1) * OTHER_WARMUP
+                                                          + len(cands) * MIN_TIMED)
+        batch = self.batch_size
+        while batch // 2 >= MIN_PROBE_BATCH and full_step_s(batch) > per_step:
+            batch //= 2
+        complete = full_step_s(batch) <= per_step
+        medians = {cands[0]: full_step_s(batch)}
+        if complete:
+            medians, _, complete = measure({c: self.make_step(c, batch) for c in cands}, clock=self.clock,
+                                           sync=self.sync, limit_s=lambda step_s: allowance - self.spent())
+        if not complete and (known := nearest_answer(key, self.path)) is not None:  # what a longer run measured here
+            choice, at = known
+            return ProbeResult(choice, "borrowed", self.speed_of(choice), {}, self.spent(), self.name, str(self.path),
+                               batch=at)
+        return self.verdict(cands, key, batch, medians, complete)
+
+    def verdict(self, cands: list[Candidate], key: str, batch: int, medians: dict[Candidate, float],
+                complete: bool) -> ProbeResult:
+        """The fastest candidate if every one was timed (cached for later runs), else the fallback."""
+        rates = {c.name: round(batch / s, 1) for c, s in medians.items()}
+        choice = choose(medians) if complete else cands[0]
+        # a slice's or a scout's rate is not the batch's
+        rate = rates[choice.name] if batch == self.batch_size else None
+        if self.time_budget and (batch != self.batch_size or not complete):
+            rate = self.speed_of(choice)  # the plan needs the speed at the real batch, not a slice's or a scout's
+        if not complete:
+            return ProbeResult(choice, "too short", rate, rates, self.spent(), self.name, batch=batch)
+        result = ProbeResult(choice, "measured", rate, rates, self.spent(), self.name,
+                             str(self.path), batch=batch if batch != self.batch_size else None)
+        write_cache(key, {"choice": asdict(choice), "img_per_s": result.img_per_s, "measured": rates,
+                          "seconds": round(result.seconds, 2), "batch": result.batch,
+                          "date": time.strftime("%Y-%m-%d")}, self.path)
+        return result

@@ -7,7 +7,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,19 +16,10 @@ from pipeline.checkpoint import clean_state_dict, load_checkpoint
 from pipeline.config import config_dict
 from pipeline.errors import PipelineError
 from pipeline.hints import train_flag
-from pipeline.train.config import TrainConfig
-
-if TYPE_CHECKING:
-    from pipeline.train.engine import Trainer
+from pipeline.train.config import RESUME_MAY_CHANGE, TrainConfig
+from pipeline.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-# Config keys that may change on --resume; any other difference makes it a different experiment.
-RESUME_MAY_CHANGE = frozenset({
-    "data", "resume", "overwrite", "replace", "extend", "workers", "device", "save_every", "log_every", "eval_batch_size",
-    "compile", "early_stop_patience", "precision", "channels_last", "deterministic", "epochs",
-    "out_dir", "run", "probe", "time_budget",
-})
 
 
 @dataclass
@@ -44,7 +35,7 @@ class Progress:
         return self.history[-1]["epoch"] if self.history else 0
 
 
-def checkpoint_state(tr: "Trainer", cfg: TrainConfig, model_kwargs: dict, data_info: dict,
+def checkpoint_state(tr: Trainer, cfg: TrainConfig, model_kwargs: dict, data_info: dict,
                      progress: Progress, rng: list) -> dict[str, Any]:
     return {
         "arch": cfg.model,
@@ -65,7 +56,7 @@ def checkpoint_state(tr: "Trainer", cfg: TrainConfig, model_kwargs: dict, data_i
     }
 
 
-def resume_from(path: Path, tr: "Trainer", cfg: TrainConfig, model_kwargs: dict, data_info: dict,
+def resume_from(path: Path, tr: Trainer, cfg: TrainConfig, model_kwargs: dict, data_info: dict,
                 rank: int = 0) -> Progress:
     ckpt = load_checkpoint(path)
     check_resumable(path, ckpt, cfg, model_kwargs, data_info)

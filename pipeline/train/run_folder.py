@@ -11,27 +11,22 @@ import os
 import shutil
 from pathlib import Path
 
+from pipeline.config import config_dict, load_yaml
 from pipeline.data.dataset import PreparedData
 from pipeline.errors import PipelineError
 from pipeline.hints import train_flag
-from pipeline.run_layout import TRAIN_FILES, retired_dir, snapshot_name, staging_dir
-from pipeline.train.config import TrainConfig
-
-RUN_FILES = TRAIN_FILES
-
+from pipeline.run_layout import CHECKPOINTS, CONFIG, LAST, TRAIN_FILES, retired_dir, snapshots, staging_dir
+from pipeline.train.config import RESUME_MAY_CHANGE, TrainConfig
 
 def checkpoints_held(run_dir: Path) -> list[str]:
-    return [name for name in ("last.pt", "best.pt") if (run_dir / name).exists()]
+    return [name for name in CHECKPOINTS if (run_dir / name).exists()]
 
 
 def extension_of(run_dir: Path, cfg: TrainConfig) -> TrainConfig:
     """--replace --extend on a run that differs only by fewer epochs: resume it instead of retraining."""
-    from pipeline.config import config_dict, load_yaml
-    from pipeline.train.resume import RESUME_MAY_CHANGE
-
-    if not (cfg.replace and cfg.extend and (run_dir / "last.pt").is_file() and (run_dir / "config.yaml").is_file()):
+    if not (cfg.replace and cfg.extend and (run_dir / LAST).is_file() and (run_dir / CONFIG).is_file()):
         return cfg
-    old, new = load_yaml(run_dir / "config.yaml"), config_dict(cfg)
+    old, new = load_yaml(run_dir / CONFIG), config_dict(cfg)
     same = all(old.get(k) == v for k, v in new.items() if k not in RESUME_MAY_CHANGE)
     if same and float(old.get("epochs") or 0) < cfg.epochs:
         return dataclasses.replace(cfg, replace=False, resume=True)
@@ -76,8 +71,8 @@ def recover_swap(run_dir: Path) -> None:
 
 def check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
     if cfg.resume:
-        if not (run_dir / "last.pt").is_file():
-            raise PipelineError(f"{run_dir / 'last.pt'}: not found, nothing to resume; drop "
+        if not (run_dir / LAST).is_file():
+            raise PipelineError(f"{run_dir / LAST}: not found, nothing to resume; drop "
                                 f"{train_flag('--resume')} to start the run")
         return
     recover_swap(run_dir)
@@ -91,14 +86,9 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
 def fresh_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Create the run folder; with --overwrite, first remove the earlier run's files (only those)."""
     if overwrite:
-        for name in (*RUN_FILES, *snapshots(run_dir)):
-            (run_dir / name).unlink(missing_ok=True)
+        for path in [run_dir / name for name in TRAIN_FILES] + [path for _, path in snapshots(run_dir)]:
+            path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def snapshots(run_dir: Path) -> list[str]:
-    found = [p.name for p in run_dir.glob(snapshot_name("*"))] if run_dir.is_dir() else []
-    return sorted(found, key=lambda name: int(name[6:-3]) if name[6:-3].isdigit() else -1)
 
 
 def resolve_run_name(cfg: TrainConfig, data: PreparedData) -> TrainConfig:
