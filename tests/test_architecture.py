@@ -52,11 +52,6 @@ def test_no_function_in_pipeline_is_over_60_lines():
 LAYOUT_NAMES = {"best.pt", "last.pt", "config.yaml", "manifest.json", "metrics.csv", "metrics.jsonl", "curves.png",
                 "predict.json", "val_logits.npy", "val_ids.npy", "val_labels.npy", "test_logits.npy", "test_ids.npy",
                 "report.html", "epoch_*.pt"}
-# lab/ and sweep/ were being changed on another branch when this rule came in (issue 23) and still
-# spell some names (lab/__init__.py 'report.html', lab/page.py 'best.pt', sweep/study.py 'last.pt'):
-# drop NOT_YET once they take them from run_layout.
-NOT_YET = ("pipeline/lab/", "pipeline/sweep/")
-
 
 def test_run_folder_file_names_are_spelled_only_in_run_layout():
     from pipeline import run_layout
@@ -66,7 +61,7 @@ def test_run_folder_file_names_are_spelled_only_in_run_layout():
     found = []
     for path in sorted([*(REPO / "pipeline").rglob("*.py"), *(REPO / "bench").rglob("*.py")]):
         rel = path.relative_to(REPO).as_posix()
-        if rel == "pipeline/run_layout.py" or rel.startswith(NOT_YET):
+        if rel == "pipeline/run_layout.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) \

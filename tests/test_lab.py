@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.lab import results
 from pipeline.lab import store
 from pipeline.lab.run import LabRun, lab_folder, prepare_data, run_lab
-from pipeline.lab.spec import Experiment, LabSpec, list_labs, load_lab, parse_lab
+from pipeline.lab.spec import Experiment, list_labs, load_lab, parse_lab
 
 PRESETS = ["cmpe597-cnn3", "cs535-cnn4", "cs5787-lenet5-fmnist", "ece590-lenet5", "ece590-vgg19-elu",
            "ece661-resnet20", "ece661-simplenn"]
@@ -289,7 +289,7 @@ def test_a_machine_setting_keeps_the_result_an_epoch_count_does_not(tiny_lab):
 
 
 def test_diverged_runs_count_as_chance(tiny_lab, tmp_path):
-    from pipeline.train.engine import NonFiniteLoss
+    from pipeline.train.epoch import NonFiniteLoss
 
     spec = load_lab("tiny", tiny_lab)
 

@@ -17,9 +17,6 @@ and report.html with ours vs the report and a trend line per experiment, rebuilt
 from __future__ import annotations
 
 import logging
-import os
-import platform
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -27,32 +24,10 @@ from typing import Any
 import click
 
 from pipeline.errors import PipelineError
-from pipeline.lab.store import RESULTS_DIR
+from pipeline.lab.store import RESULTS_DIR, machine
+from pipeline.run_layout import REPORT_HTML
 
 log = logging.getLogger(__name__)
-
-
-def machine() -> str:
-    """CPU model, bf16 support and usable cores, e.g. 'Intel(R) Xeon(R) Processor (avx512_bf16, amx_bf16), 2 cores'."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        found = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        name = found.group(1).strip() if found else name
-        flags = set(re.findall(r"\b(avx512_bf16|amx_bf16)\b", text))
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    extra = f" ({', '.join(sorted(flags, reverse=True))})" if flags else ""
-    gpu = ""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = f", GPU {torch.cuda.get_device_name(0)}"
-    except Exception:  # noqa: BLE001 - the description must never fail the lab
-        pass
-    return f"{name}{extra}, {cores} cores{gpu}"
 
 
 def write_outputs(lab, started: float | None = None, figures: bool = True) -> dict[str, Any]:
@@ -68,8 +43,8 @@ def write_outputs(lab, started: float | None = None, figures: bool = True) -> di
     if figures:
         from pipeline.lab.page import render_page
 
-        atomic_write_text(lab.folder / "report.html", render_page(lab, collected, host))
-        outputs.append("report.html")
+        atomic_write_text(lab.folder / REPORT_HTML, render_page(lab, collected, host))
+        outputs.append(REPORT_HTML)
     trends = {exp.name: results.trend(exp, collected[exp.name]) for exp in lab.spec.experiments}
     write_manifest(lab.folder, "lab", inputs=[lab.spec.path, *sorted(lab.results.glob("u-*.json"))],
                    outputs=outputs,
@@ -157,4 +132,4 @@ def command(name, scale, data, sets, labs_dir, sweeps_dir, results_dir, jobs, st
         text = Path(readme).read_text(encoding="utf-8")
         atomic_write_text(readme, replace_block(text, name, readme_block(lab, collected), readme))
     click.echo((lab.folder / "results.md").read_text(encoding="utf-8"), nl=False)
-    click.echo(f"-> {lab.folder / 'results.md'}" + ("" if no_figures else f", {lab.folder / 'report.html'}"))
+    click.echo(f"-> {lab.folder / 'results.md'}" + ("" if no_figures else f", {lab.folder / REPORT_HTML}"))

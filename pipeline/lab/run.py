@@ -28,6 +28,7 @@ from pipeline.artifacts import atomic_write_text
 from pipeline.errors import PipelineError
 from pipeline.lab import store
 from pipeline.lab.spec import LabSpec, Point
+from pipeline.run_layout import LAST
 
 log = logging.getLogger(__name__)
 
@@ -201,14 +202,13 @@ def train_unit(lab: LabRun, unit: store.Unit, *, resume: bool = False,
     A loss that became NaN/inf is a result (the reports print chance accuracy for it), any other
     error is not: the unit stays missing and the next run tries it again.
     """
-    from pipeline.lab import machine
     from pipeline.sweep.spec import train_config
-    from pipeline.train.engine import NonFiniteLoss
+    from pipeline.train.epoch import NonFiniteLoss
 
     if train_fn is None:
         from pipeline.train.engine import run_training as train_fn
     run_dir = lab.runs_dir / unit.name
-    resume = resume and (run_dir / "last.pt").is_file()
+    resume = resume and (run_dir / LAST).is_file()
     cfg = train_config({**lab.settings(unit.point), "seed": unit.seed}, run=unit.name, out_dir=str(lab.runs_dir),
                        resume=resume, overwrite=not resume)
     log.info("lab %s [%s] %s seed %d: %s", lab.spec.name, lab.scale, unit.name, unit.seed,
@@ -227,7 +227,7 @@ def train_unit(lab: LabRun, unit: store.Unit, *, resume: bool = False,
     (lab.failures / f"{unit.name}.txt").unlink(missing_ok=True)
     store.write_result(lab.results, unit, lab=lab.spec.name, scale=lab.scale, variants=lab.variants_of(unit.point),
                        run_dir=run_dir, summary=summary, error=error, wall_s=time.time() - started,
-                       machine=machine(), figures=lab.figures_of(unit.point))
+                       machine=store.machine(), figures=lab.figures_of(unit.point))
     return (summary or {}).get("best_val_acc", 0.0), None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,18 @@ MACHINE_KEYS = ("device", "workers", "precision", "channels_last", "compile", "p
 COMPLETE, DIVERGED = "complete", "diverged"
 WEIGHT_BINS = 100
 TSNE_POINTS = {"quick": 300, "full": 500}  # per panel; 500 keeps a result file near 50 KB
+
+
+def machine() -> str:
+    """CPU model, its speed flags and usable cores (and the GPU, when there is one): what a wall time needs."""
+    from pipeline.machine import cpu_model  # torch: only when a result is written
+
+    name, flags = cpu_model()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    text = f"{name} ({', '.join(flags) or 'no avx2'}), {cores} cores"
+    import torch
+
+    return text + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
 
 
 def results_folder(results_dir: str | Path, lab: str, scale: str) -> Path:

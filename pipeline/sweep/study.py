@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from pipeline.artifacts import atomic_write_text, file_entry, write_manifest
 from pipeline.errors import PipelineError
+from pipeline.run_layout import LAST
 from pipeline.sweep import results
 from pipeline.sweep.spec import SweepSpec, base_config, check_trials_buildable, study_signature, trial_config
 
@@ -238,7 +239,7 @@ def run_sweep(
 def adopt(study: optuna.Study, frozen: optuna.trial.FrozenTrial, out_dir: Path) -> tuple[optuna.Trial, str, bool]:
     """Continue a RUNNING trial of a dead worker, from its run folder's last.pt when there is one."""
     run = frozen.user_attrs.get("run") or f"{study.study_name}-{frozen.number}"
-    resume = (out_dir / run / "last.pt").is_file()
+    resume = (out_dir / run / LAST).is_file()
     log.info("trial %d (%s) was left running by a stopped worker; %s", frozen.number, run,
              "resuming it from last.pt" if resume else "starting it again")
     # Trial(study, id) reattaches to the stored trial, keeping its params and reported epochs.
