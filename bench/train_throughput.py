@@ -3,7 +3,7 @@
     .venv/bin/python bench/train_throughput.py [--batch-size 128 --window 20 --windows 5] [--out FILE]
 
 Variants: fp32 / bf16 autocast, NCHW / channels_last, on the fast batched loader ("standard":
-crop + flip on the device) and on the per-sample albumentations loader ("lab", worker processes).
+crop + flip on the device) and on the per-sample albumentations loader ("lab-albu", worker processes).
 Each is a TrainConfig run through build_trainer + train_one_epoch on random CIFAR-shaped uint8
 data (throughput does not depend on pixel values); one epoch of `window` steps is one timed window.
 The variants take turns, one window each per round, so a load change on a shared machine hits
@@ -39,8 +39,8 @@ VARIANTS = {  # name -> TrainConfig overrides
     "fp32 channels_last standard": dict(precision="fp32", channels_last=True, augment="standard"),
     "bf16 NCHW standard": dict(precision="bf16", channels_last=False, augment="standard"),
     "bf16 channels_last standard": dict(precision="bf16", channels_last=True, augment="standard"),
-    "fp32 NCHW lab (albumentations)": dict(precision="fp32", channels_last=False, augment="lab"),
-    "fp32 channels_last lab (albumentations)": dict(precision="fp32", channels_last=True, augment="lab"),
+    "fp32 NCHW lab (albumentations)": dict(precision="fp32", channels_last=False, augment="lab-albu"),
+    "fp32 channels_last lab (albumentations)": dict(precision="fp32", channels_last=True, augment="lab-albu"),
 }
 
 
