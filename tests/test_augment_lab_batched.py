@@ -75,6 +75,9 @@ def test_loader_is_registered_as_lab_deterministic_per_seed_and_epoch():
         return [(x, y) for x, y in loader]
 
     first = epoch(3, 0)
+    one_batch_at_a_time = build_train_loader(images, labels, policy="lab", batch_size=16, seed=3)
+    one_batch_at_a_time.chunk = 16
+    assert all(torch.equal(x, x2) for (x, _), (x2, _) in zip(first, one_batch_at_a_time))
     assert all(x.dtype == torch.uint8 and x.shape == (16, 3, 32, 32) and x.is_contiguous() for x, _ in first)
     assert sorted(torch.cat([y for _, y in first]).tolist()) == list(range(48))
     assert all(torch.equal(x, x2) and torch.equal(y, y2) for (x, y), (x2, y2) in zip(first, epoch(3, 0)))
@@ -127,7 +130,7 @@ def test_each_image_follows_its_own_random_order():
     # vflip and a padded crop do not commute: the result tells which ran first.
     images = noise(1000, size=(16, 16))
     out, draws = apply(only((16, 16), vflip=1.0, crop=1.0), images)
-    vflip_first = draws["order"].argsort(1)[:, 0] < draws["order"].argsort(1)[:, 2]
+    vflip_first = draws["position"][:, 0] < draws["position"][:, 2]
     crop = geometry.padded_crop(images.float(), draws["crop_top"], draws["crop_left"], 4)
     as_drawn = torch.where(vflip_first.view(-1, 1, 1, 1),
                            geometry.padded_crop(images.flip(-2).float(), draws["crop_top"], draws["crop_left"], 4),

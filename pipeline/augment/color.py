@@ -2,9 +2,9 @@
 
 The four adjustments follow albumentations' ColorJitter (its torchvision-compatible functions):
 brightness multiplies, contrast blends with the mean of the image's grey (0.299 R + 0.587 G +
-0.114 B, OpenCV's weights), saturation blends with the grey image, hue rotates the hue of a
-batched RGB<->HSV conversion by a fraction of a turn (albumentations shifts OpenCV's 0-180 hue by
-180 * factor: the same turn). Each step returns what albumentations' uint8 path does: clipped to
+0.114 B, OpenCV's weights), saturation blends with the grey image, hue rotates each pixel's HSV hue by a fraction of a turn
+(albumentations shifts OpenCV's 0-180 hue by 180 * factor: the same turn), in a closed form
+batched over pixels (not a YIQ rotation: that differs from HSV by ~3 levels on average at 0.05). Each step returns what albumentations' uint8 path does: clipped to
 [0, 255], truncated (brightness, contrast: its lookup tables) or rounded (saturation, hue: OpenCV). On
 1-channel images saturation and hue are skipped, as albumentations skips them on greyscale.
 """
@@ -44,42 +44,26 @@ def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return (x * f + grey(x) * (1 - f)).clamp_(0, 255).round_()
 
 
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """RGB in [0, 1] -> HSV in [0, 1] (hue as a fraction of a turn), per pixel."""
-    r, g, b = x.unbind(1)
-    maxc, minc = x.amax(1), x.amin(1)
-    span = maxc - minc
-    grey_pixel = span == 0
-    s = span / torch.where(maxc == 0, torch.ones_like(maxc), maxc)
-    span = torch.where(grey_pixel, torch.ones_like(span), span)  # hue 0 there, not 0/0
-    rc, gc, bc = (maxc - r) / span, (maxc - g) / span, (maxc - b) / span
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(grey_pixel, torch.zeros_like(h), h)
-    return torch.stack([torch.remainder(h / 6.0, 1.0), s, maxc], 1)
-
-
-def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of rgb_to_hsv."""
-    h, s, v = x.unbind(1)
-    h6 = h * 6.0
-    sector = torch.floor(h6)
-    f = h6 - sector
-    sector = sector.long().remainder(6).unsqueeze(1)  # (N, 1, H, W)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    # Each sector's (r, g, b) as a choice among (v, p, q, t): one gather, no per-sector masks.
-    choices = torch.stack([v, p, q, t], 1)  # (N, 4, H, W)
-    table = torch.tensor([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]], device=x.device)
-    pick = table[sector.squeeze(1)].permute(0, 3, 1, 2)  # (N, 3, H, W) indices into choices
-    return choices.gather(1, pick)
-
-
 def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate each image's hue by shift (fraction of a turn, per image)."""
+    """Rotate each image's HSV hue by shift (a fraction of a turn, per image), keeping S and V.
+
+    Per pixel: h6 (hue in sixths of a turn) from the max, min and ordering of R, G, B; then the
+    closed-form HSV->RGB c_n = V - V S clamp(min(k, 4 - k), 0, 1), k = (n + h6') mod 6 with
+    n = 5, 3, 1 for R, G, B (V = max, V S = max - min): elementwise ops only, no HSV tensor.
+    """
     if x.shape[1] == 1:
         return x
-    hsv = rgb_to_hsv(x / 255.0)
-    hsv[:, 0] = torch.remainder(hsv[:, 0] + shift.view(-1, 1, 1), 1.0)
-    return (hsv_to_rgb(hsv) * 255.0).clamp_(0, 255).round_()
+    r, g, b = x.unbind(1)
+    top, bottom = x.amax(1), x.amin(1)
+    span = top - bottom
+    safe = torch.where(span > 0, span, torch.ones_like(span))  # grey pixels: any hue, span 0 anyway
+    h6 = torch.where(top == r, (g - b) / safe, torch.where(top == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    h6 = (h6 + 6 * shift.view(-1, 1, 1)).unsqueeze(1)
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    k = n + h6
+    k = k - 6 * torch.floor(k / 6)  # mod 6 (torch.remainder is ~15x slower on CPU)
+    out = top.unsqueeze(1) - span.unsqueeze(1) * torch.minimum(k, 4 - k).clamp_(0, 1)
+    return out.clamp_(0, 255).round_()
 
 
 # In albumentations' index order: ColorJitter's `order` permutes these four.

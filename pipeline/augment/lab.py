@@ -12,10 +12,12 @@ allowed ratio fits], the ratio uniform (not log-uniform) on the range that fits 
 sides rounded; it always fits, so no retries and no skipped erase.
 Images stay float between steps, holding the integers a uint8 image would (see color.py).
 
-All random numbers are drawn up front (`draw`) for a whole epoch; `apply` then touches only
-tensors. A transform reaches the images that picked it at the current position: on CPU by
-indexing that subset (cheap), on accelerators by computing it for the whole batch and selecting
-with torch.where, so nothing waits on the host (set sync_free to choose).
+All random numbers are drawn up front (`draw`) for a whole epoch; the call then touches only
+tensors. Only the order of the transforms an image applies matters, so images are stepped through
+by rank among their applied transforms (most apply 0-2 of the 5): on CPU the images of each
+(rank, transform) are indexed out and transformed together; on accelerators every transform runs
+on the whole batch at each rank and torch.where keeps the right images, so nothing waits on the
+host (run_in_order; LabPolicy(sync_free=...) chooses).
 """
 from __future__ import annotations
 
@@ -35,25 +37,49 @@ HUE = 0.05
 ERASE_SCALE, ERASE_RATIO = (0.02, 0.33), (0.3, 3.3)
 
 
-def masked_apply(x: torch.Tensor, mask: torch.Tensor, fn: Callable, *params: torch.Tensor,
+Step = tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]] | None  # fn(x, *per-image params)
+
+
+def ranks(applied: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """(N, T): where step t falls among the steps image i applies (those with applied[i, t]), given
+    each step's place in the image's order; an image's unapplied steps do not hold the others back."""
+    before = position.unsqueeze(1) < position.unsqueeze(2)  # [i, t, j]: j comes before t
+    return (before & applied.unsqueeze(1)).sum(2)
+
+
+def run_in_order(x: torch.Tensor, applied: torch.Tensor, rank: torch.Tensor, steps: list[Step], *,
                  sync_free: bool) -> torch.Tensor:
-    """fn(x, *params) on the images where mask is set (per-image params), the others unchanged."""
+    """Apply step t to each image i with applied[i, t], in increasing rank[i, t], each image with its
+    own params. sync_free (accelerators): every step on the whole batch at every rank, kept by
+    torch.where. Otherwise (CPU): one sort groups the images by (rank, step), each group indexed out."""
+    count = len(steps)
     if sync_free:
-        return torch.where(mask.view(-1, 1, 1, 1), fn(x, *params), x)
-    index = mask.nonzero().squeeze(1)
-    if len(index):
-        x[index] = fn(x[index], *(p[index] for p in params))
+        for level in range(count):
+            for t, step in enumerate(steps):
+                if step is not None:
+                    fn, params = step
+                    keep = (applied[:, t] & (rank[:, t] == level)).view(-1, 1, 1, 1)
+                    x = torch.where(keep, fn(x, *params), x)
+        return x
+    sample, t = applied.nonzero(as_tuple=True)
+    key = rank[sample, t] * count + t
+    key, by_key = key.sort(stable=True)
+    groups = sample[by_key].split(torch.bincount(key, minlength=count * count).tolist())
+    for k, index in enumerate(groups):
+        if len(index) and steps[k % count] is not None:
+            fn, params = steps[k % count]
+            x[index] = fn(x[index], *(p[index] for p in params))
     return x
 
 
-def erase_boxes(height: int, width: int, count: int, u: Callable[..., torch.Tensor]) -> dict:
+def erase_boxes(height: int, width: int, count: int, u: Callable[..., torch.Tensor], device: torch.device) -> dict:
     """A.Erasing's box per image (albumentations 2.0.8 get_params_dependent_on_data, batched)."""
     area = height * width
     r_lo, r_hi = ERASE_RATIO
     lo = area * ERASE_SCALE[0]
     hi = min(area * ERASE_SCALE[1], r_lo * height * height, width * width / r_hi)
     if hi < lo:  # no box fits (albumentations erases nothing)
-        zeros = torch.zeros(count, dtype=torch.long, device=u(1).device)
+        zeros = torch.zeros(count, dtype=torch.long, device=device)
         return {"erase_top": zeros, "erase_left": zeros, "erase_h": zeros, "erase_w": zeros}
     a = lo + (hi - lo) * u(count)
     ratio_lo = torch.clamp(a / (height * height), min=r_lo)
@@ -90,9 +116,12 @@ class LabPolicy:
 
         names = (*ORDERED, "erase")
         applies = u(count, len(names)) < torch.tensor([self.p[n] for n in names], device=device)
+        position = u(count, len(ORDERED)).argsort(1)  # [i, t]: transform t's place in image i's order
         draws = {
-            "order": u(count, len(ORDERED)).argsort(1),  # order[i, k]: transform at image i's k-th step
-            **{f"do_{n}": applies[:, j] for j, n in enumerate(names)},
+            "position": position,
+            "applied": applies[:, :len(ORDERED)],
+            "rank": ranks(applies[:, :len(ORDERED)], position),
+            "do_erase": applies[:, -1],
             "crop_top": torch.randint(2 * self.pad + 1, (count,), generator=generator, device=device),
             "crop_left": torch.randint(2 * self.pad + 1, (count,), generator=generator, device=device),
             "angle": symmetric(ROTATE, count),
@@ -101,9 +130,9 @@ class LabPolicy:
                                  * torch.tensor([self.width, self.height], device=device)),
             "jitter": 1 + symmetric(1.0, count, 3) * torch.tensor([BRIGHTNESS, CONTRAST, SATURATION], device=device),
             "hue": symmetric(HUE, count),
-            "jitter_order": u(count, len(color.ADJUSTMENTS)).argsort(1),
+            "jitter_rank": u(count, len(color.ADJUSTMENTS)).argsort(1),  # [i, a]: adjustment a's place
         }
-        draws.update(erase_boxes(self.height, self.width, count, lambda n: u(n)))
+        draws.update(erase_boxes(self.height, self.width, count, u, device))
         return draws
 
     def __call__(self, images: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -118,15 +147,10 @@ class LabPolicy:
             "affine": (lambda x, angle, shift: geometry.rotate_translate(x, angle, shift).round_(),
                        (draws["angle"], draws["shift"])),
             "jitter": (lambda x, *params: jitter(x, *params, sync_free=sync_free),
-                       (draws["jitter"], draws["hue"], draws["jitter_order"])),
+                       (draws["jitter"], draws["hue"], draws["jitter_rank"])),
         }
-        for position in range(len(ORDERED)):
-            for t, name in enumerate(ORDERED):
-                if self.p[name] == 0:
-                    continue
-                fn, params = steps[name]
-                mask = (draws["order"][:, position] == t) & draws[f"do_{name}"]
-                x = masked_apply(x, mask, fn, *params, sync_free=sync_free)
+        x = run_in_order(x, draws["applied"], draws["rank"],
+                         [steps[name] if self.p[name] > 0 else None for name in ORDERED], sync_free=sync_free)
         # Erasing costs one mask multiply: every image does it, a box of size 0 erases nothing.
         erase = draws["do_erase"]
         keep = outside_boxes((self.height, self.width), draws["erase_top"], draws["erase_left"],
@@ -134,11 +158,9 @@ class LabPolicy:
         return (x * keep).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def jitter(x: torch.Tensor, factors: torch.Tensor, hue: torch.Tensor, order: torch.Tensor, *,
+def jitter(x: torch.Tensor, factors: torch.Tensor, hue: torch.Tensor, rank: torch.Tensor, *,
            sync_free: bool) -> torch.Tensor:
-    """Colour jitter: the four adjustments in each image's own order (order[i, k] = k-th adjustment)."""
+    """Colour jitter: all four adjustments, in each image's own order (rank[i, a]: adjustment a's place)."""
     params = (factors[:, 0], factors[:, 1], factors[:, 2], hue)
-    for position in range(len(color.ADJUSTMENTS)):
-        for a, adjust in enumerate(color.ADJUSTMENTS):
-            x = masked_apply(x, order[:, position] == a, adjust, params[a], sync_free=sync_free)
-    return x
+    steps = [(adjust, (param,)) for adjust, param in zip(color.ADJUSTMENTS, params)]
+    return run_in_order(x, torch.ones_like(rank, dtype=torch.bool), rank, steps, sync_free=sync_free)
