@@ -107,8 +107,9 @@ def build_train_loader(
 
     workers: DataLoader processes for the per-sample policies (0 = in this process, for debugging);
     the batched policies ignore it. crop_pad, pad_mode (zero|reflect), flip_mode (random|alternate|none):
-    the crop and flip of the standard policies; "none" also takes the mirror out of "lab" and "lab-albu". cutout: square size for "standard+cutout" (0 = half the image
-    side); any other policy with cutout > 0 is an error rather than a silently ignored setting.
+    the crop and flip of the standard policies; "none" also takes the mirror out of "lab" and
+    "lab-albu". cutout: square size for "standard+cutout" (0 = half the image side); any other
+    policy with cutout > 0 is an error rather than a silently ignored setting.
     """
     build = POLICIES.get(policy)
     if cutout and policy != "standard+cutout":

@@ -15,12 +15,14 @@ import numpy as np
 import torch
 
 from pipeline.augment.loaders import DeviceTrainLoader
+from pipeline.runtime import nhwc_to_nchw
 
 CHUNK_IMAGES = 512
 
 
 class BatchedPolicy(Protocol):
-    def draw(self, count: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]: ...
+    def draw(self, count: int, generator: torch.Generator,
+             device: torch.device) -> dict[str, torch.Tensor]: ...
 
     def __call__(self, images: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
@@ -35,7 +37,7 @@ class PolicyTrainLoader(DeviceTrainLoader):
                          drop_last=drop_last, rank=rank, world_size=world_size)
         self.policy = policy
         self.chunk = max(1, CHUNK_IMAGES // self.plan.batch_size) * self.plan.batch_size
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).contiguous()
+        self.images = nhwc_to_nchw(np.ascontiguousarray(images)).to(self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.plan.indices(self.epoch).to(self.device)

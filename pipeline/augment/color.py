@@ -2,11 +2,12 @@
 
 The four adjustments follow albumentations' ColorJitter (its torchvision-compatible functions):
 brightness multiplies, contrast blends with the mean of the image's grey (0.299 R + 0.587 G +
-0.114 B, OpenCV's weights), saturation blends with the grey image, hue rotates each pixel's HSV hue by a fraction of a turn
-(albumentations shifts OpenCV's 0-180 hue by 180 * factor: the same turn), in a closed form
-batched over pixels (not a YIQ rotation: that differs from HSV by ~3 levels on average at 0.05). Each step returns what albumentations' uint8 path does: clipped to
-[0, 255], truncated (brightness, contrast: its lookup tables) or rounded (saturation, hue: OpenCV). On
-1-channel images saturation and hue are skipped, as albumentations skips them on greyscale.
+0.114 B, OpenCV's weights), saturation blends with the grey image, hue rotates each pixel's HSV
+hue by a fraction of a turn (albumentations shifts OpenCV's 0-180 hue by 180 * factor: the same
+turn) in a closed form batched over pixels (not a YIQ rotation: that differs from HSV by ~3 levels
+on average at 0.05 turns). Each step returns what albumentations' uint8 path does: clipped to
+[0, 255], truncated (brightness, contrast: its lookup tables) or rounded (saturation, hue:
+OpenCV). On 1-channel images saturation and hue are skipped, as albumentations skips them.
 """
 from __future__ import annotations
 

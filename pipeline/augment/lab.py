@@ -99,11 +99,14 @@ class LabPolicy:
                  p: dict[str, float] | None = None, sync_free: bool | None = None):
         unknown = set(p or {}) - set(PROBABILITIES)
         if unknown:
-            raise PipelineError(f"unknown lab transform(s) {sorted(unknown)}; choose from: {', '.join(PROBABILITIES)}")
+            raise PipelineError(f"unknown lab transform(s) {sorted(unknown)}; "
+                                f"choose from: {', '.join(PROBABILITIES)}")
+        if any(not 0 <= value <= 1 for value in (p or {}).values()):
+            raise PipelineError(f"lab transform probabilities must be in [0, 1], got {p}")
         if pad < 0:
             raise PipelineError(f"crop padding must be >= 0, got {pad}")
         self.height, self.width, self.pad = height, width, pad
-        self.p = {**PROBABILITIES, **({} if hflip else {"hflip": 0.0}), **(p or {})}
+        self.p = {**PROBABILITIES, **(p or {}), **({} if hflip else {"hflip": 0.0})}  # hflip=False wins
         self.sync_free = sync_free
 
     def draw(self, count: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
@@ -128,7 +131,8 @@ class LabPolicy:
             # int() of the fraction times the side, as albumentations: truncation toward zero
             "shift": torch.trunc(symmetric(TRANSLATE, count, 2)
                                  * torch.tensor([self.width, self.height], device=device)),
-            "jitter": 1 + symmetric(1.0, count, 3) * torch.tensor([BRIGHTNESS, CONTRAST, SATURATION], device=device),
+            "jitter": 1 + symmetric(1.0, count, 3) * torch.tensor([BRIGHTNESS, CONTRAST, SATURATION],
+                                                                   device=device),
             "hue": symmetric(HUE, count),
             "jitter_rank": u(count, len(color.ADJUSTMENTS)).argsort(1),  # [i, a]: adjustment a's place
         }
@@ -149,8 +153,8 @@ class LabPolicy:
             "jitter": (lambda x, *params: jitter(x, *params, sync_free=sync_free),
                        (draws["jitter"], draws["hue"], draws["jitter_rank"])),
         }
-        x = run_in_order(x, draws["applied"], draws["rank"],
-                         [steps[name] if self.p[name] > 0 else None for name in ORDERED], sync_free=sync_free)
+        active = [steps[name] if self.p[name] > 0 else None for name in ORDERED]
+        x = run_in_order(x, draws["applied"], draws["rank"], active, sync_free=sync_free)
         # Erasing costs one mask multiply: every image does it, a box of size 0 erases nothing.
         erase = draws["do_erase"]
         keep = outside_boxes((self.height, self.width), draws["erase_top"], draws["erase_left"],
