@@ -24,8 +24,9 @@ def grey(x: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W): the luma of RGB images, or the image itself when it has one channel."""
     if x.shape[1] == 1:
         return x
-    weights = torch.tensor(GREY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * weights).sum(1, keepdim=True)
+    # Python scalars, not a weights tensor: building one on a GPU every call would copy from the host.
+    (wr, wg, wb), (r, g, b) = GREY_WEIGHTS, x.unbind(1)
+    return (wr * r + wg * g + wb * b).unsqueeze(1)
 
 
 def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -59,9 +60,8 @@ def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     span = top - bottom
     safe = torch.where(span > 0, span, torch.ones_like(span))  # grey pixels: any hue, span 0 anyway
     h6 = torch.where(top == r, (g - b) / safe, torch.where(top == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    h6 = (h6 + 6 * shift.view(-1, 1, 1)).unsqueeze(1)
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    k = n + h6
+    h6 = h6 + 6 * shift.view(-1, 1, 1)
+    k = torch.stack([h6 + 5, h6 + 3, h6 + 1], 1)  # n = 5, 3, 1 for R, G, B
     k = k - 6 * torch.floor(k / 6)  # mod 6 (torch.remainder is ~15x slower on CPU)
     out = top.unsqueeze(1) - span.unsqueeze(1) * torch.minimum(k, 4 - k).clamp_(0, 1)
     return out.clamp_(0, 255).round_()

@@ -32,7 +32,7 @@ def rotate_translate(x: torch.Tensor, degrees: torch.Tensor, shift: torch.Tensor
         torch.stack([cos, -sin * (height / width)], -1),
         torch.stack([sin * (width / height), cos], -1),
     ], 1)  # (N, 2, 2)
-    t = shift.to(x.dtype) * torch.tensor([2.0 / width, 2.0 / height], dtype=x.dtype, device=x.device)
+    t = torch.stack([shift[:, 0] * (2.0 / width), shift[:, 1] * (2.0 / height)], -1).to(x.dtype)
     offset = -(theta @ t.unsqueeze(-1))  # (N, 2, 1)
     grid = F.affine_grid(torch.cat([theta, offset], -1), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -17,7 +17,8 @@ tensors. Only the order of the transforms an image applies matters, so images ar
 by rank among their applied transforms (most apply 0-2 of the 5): on CPU the images of each
 (rank, transform) are indexed out and transformed together; on accelerators every transform runs
 on the whole batch at each rank and torch.where keeps the right images, so nothing waits on the
-host (run_in_order; LabPolicy(sync_free=...) chooses).
+host (run_in_order; LabPolicy(sync_free=...) chooses); the per-batch ops build no tensors from
+Python lists (each would be a host-to-device copy on a GPU).
 """
 from __future__ import annotations
 
