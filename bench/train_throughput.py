@@ -1,6 +1,8 @@
-"""ResNet-20 training img/s through the real train_one_epoch: precision x memory layout x loader path.
+"""ResNet-20 (or --model) training img/s through the real train_one_epoch: precision x layout x loader.
 
     .venv/bin/python bench/train_throughput.py [--batch-size 128 --window 20 --windows 5] [--out FILE]
+    .venv/bin/python bench/train_throughput.py --model lenet5 --model-opt bn=true --batch-size 64 \
+        --variants "bf16 NCHW none" "bf16 NCHW lab" "bf16 NCHW lab-albu"   # the ECE 590 lab's loaders
 
 Variants: fp32 / bf16 autocast, NCHW / channels_last, on the fast batched loader ("standard":
 crop + flip on the device) and on the per-sample albumentations loader ("lab-albu", worker processes).
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from bench.timing import round_robin  # noqa: E402
 from pipeline.artifacts import atomic_write_text  # noqa: E402
 from pipeline.augment import build_train_loader  # noqa: E402
-from pipeline.models import create_model  # noqa: E402
+from pipeline.models import create_model, parse_model_opts  # noqa: E402
 from pipeline.runtime import resolve_device, resolve_precision  # noqa: E402
 from pipeline.train.config import TrainConfig  # noqa: E402
 from pipeline.train.engine import build_trainer, train_one_epoch  # noqa: E402
@@ -41,6 +43,11 @@ VARIANTS = {  # name -> TrainConfig overrides
     "bf16 channels_last standard": dict(precision="bf16", channels_last=True, augment="standard"),
     "fp32 NCHW lab (albumentations)": dict(precision="fp32", channels_last=False, augment="lab-albu"),
     "fp32 channels_last lab (albumentations)": dict(precision="fp32", channels_last=True, augment="lab-albu"),
+    "fp32 NCHW lab (batched)": dict(precision="fp32", channels_last=False, augment="lab"),
+    # the ECE 590 LeNet-5 lab (the probe picks bf16 NCHW for it on an AMX Xeon): no / batched / per-image policy
+    "bf16 NCHW none": dict(precision="bf16", channels_last=False, augment="none"),
+    "bf16 NCHW lab": dict(precision="bf16", channels_last=False, augment="lab"),
+    "bf16 NCHW lab-albu": dict(precision="bf16", channels_last=False, augment="lab-albu"),
 }
 
 
@@ -48,7 +55,7 @@ def epochs(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, device: tor
     """An endless stream of training epochs of `cfg`; each next() runs one and yields its sample count."""
     loader = build_train_loader(images, labels, policy=cfg.augment, batch_size=cfg.batch_size, device=device,
                                 seed=0, workers=cfg.workers)
-    model = create_model("resnet20", num_classes=10, in_chans=3, input_size=(3, 32, 32)).to(device)
+    model = create_model(cfg.model, num_classes=10, in_chans=3, input_size=(3, 32, 32), **cfg.model_opts).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     tr = build_trainer(cfg, model, steps_per_epoch=len(loader), num_classes=10, mean=MEAN, std=STD, device=device)
@@ -68,6 +75,8 @@ def interleaved(streams: dict[str, Iterator[int]], rounds: int, device: torch.de
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--model-opt", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--window", type=int, default=20, help="training steps per timed window (one epoch)")
     parser.add_argument("--windows", type=int, default=5)
@@ -82,9 +91,9 @@ def main(argv: list[str] | None = None) -> str:
     n = args.window * args.batch_size
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.int64)
-    base = dataclasses.replace(TrainConfig(), model="resnet20", batch_size=args.batch_size, device=str(device),
-                               workers=args.workers)
-    lines = [f"ResNet-20 training on {device} ({platform.processor() or platform.machine()}, "
+    base = dataclasses.replace(TrainConfig(), model=args.model, model_opts=parse_model_opts(args.model_opt),
+                               batch_size=args.batch_size, device=str(device), workers=args.workers)
+    lines = [f"{args.model} {' '.join(args.model_opt)} training on {device} ({platform.processor() or platform.machine()}, "
              f"{torch.get_num_threads()} threads), batch {args.batch_size}, median of {args.windows} "
              f"interleaved windows of {args.window} steps; default precision here: "
              f"{resolve_precision(base.precision, device)}",

@@ -14,6 +14,9 @@ Policies (POLICIES registry; each entry builds a TrainLoader):
          with its own random parameters;
   lab-albu (the same policy in albumentations), autoaugment, randaugment (torchvision v2)
       -> albu.WorkerTrainLoader: per-sample augmentation in persistent DataLoader workers.
+  Measured (shared 2-core AMX Xeon, batch 64, 32x32x3): the policy alone, lab 27.7k img/s on one
+  thread vs lab-albu 10.1k in 2 workers; LeNet-5 training, interleaved in one process: none 2294,
+  lab 2423, lab-albu 377 img/s (its workers take the cores the training needs).
 Epoch order and DDP sharding are shared by both (see loaders.EpochPlan); call
 loader.set_epoch(epoch) before every epoch.
 """
