@@ -104,7 +104,7 @@ PREDICT_STALE := $(call stale,$(PREDICT_KEY),$(PREDICT_OPTS),$(PREDICT_VARS))
 ENSEMBLE_STALE := $(sort $(call stale,$(ENSEMBLE_KEY).runs,$(ENSEMBLE_RUNS),RUNS RUN) \
 	$(call stale,$(ENSEMBLE_KEY).opts,$(ENSEMBLE_OPTS),ENSEMBLE_ARGS))
 
-.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab demo smoke test test-gpu test-slow bench bench-models bench-engine bench-step bench-data bench-lab quality leaderboard info zoo clean-demo
+.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab demo smoke test test-gpu test-slow bench bench-models bench-engine bench-step bench-data bench-lab bench-augment quality leaderboard info zoo clean-demo
 
 FORCE:
 
@@ -219,6 +219,9 @@ bench-engine: $(VENV_STAMP) ## airbench94 steps through the engine vs a bare loo
 
 bench-lab: $(VENV_STAMP) ## Each CIFAR-10 lab's model through the lab runner vs a bare loop (img/s ratio; LABS_BENCH=a,b)
 	$(PY) -m bench.lab_throughput --data $(DATA_ROOT)/cifar10-jpg $(if $(LABS_BENCH),--labs $(LABS_BENCH))
+
+bench-augment: $(VENV_STAMP) ## The lab policy alone: batched torch ops vs albumentations per image (img/s)
+	$(PY) -m bench.lab_augment
 
 bench-step: $(VENV_STAMP) ## Per-step bookkeeping, item by item: optimizer for-loop/foreach/fused, EMA update, autocast
 	$(PY) -m bench.step_overhead

@@ -216,7 +216,7 @@ def main() -> None:
     choice = found.choice
     default = dict(precision=choice.precision, channels_last=choice.channels_last, compile=choice.compile)
     extra = {"pipeline_default": default,
-             "pipeline_albumentations_lab": dict(default, augment="lab")}  # another loader: not a speed variant
+             "pipeline_albumentations_lab": dict(default, augment="lab-albu")}  # another loader: not a speed variant
     extra_streams = {name: pipeline_epochs(images, labels, device, args, **o) for name, o in extra.items()}
     warm.update(warm_up(extra_streams, device))
     figures = timed_rounds({"pipeline_default": extra_streams["pipeline_default"], **streams,

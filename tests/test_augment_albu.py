@@ -23,7 +23,7 @@ def same(a, b):
 
 
 @pytest.mark.parametrize("chans", [3, 1])
-@pytest.mark.parametrize("policy", ["lab", "autoaugment", "randaugment"])
+@pytest.mark.parametrize("policy", ["lab-albu", "autoaugment", "randaugment"])
 def test_policy_keeps_uint8_shape_and_changes_some_images(policy, chans):
     images, labels = tiny(n=24, chans=chans)
     loader = build_train_loader(images, labels, policy=policy, batch_size=8, workers=0)
@@ -36,14 +36,14 @@ def test_policy_keeps_uint8_shape_and_changes_some_images(policy, chans):
     assert 0 < changed <= 24
 
 
-def test_lab_policy_with_two_workers_is_reproducible_per_seed_and_epoch():
+def test_lab_albu_policy_with_two_workers_is_reproducible_per_seed_and_epoch():
     images, labels = tiny()
     # Augmenting in this process first also guards against OpenCV deadlocking the forked workers.
-    in_process = build_train_loader(images, labels, policy="lab", batch_size=4, seed=3, workers=0)
+    in_process = build_train_loader(images, labels, policy="lab-albu", batch_size=4, seed=3, workers=0)
     reference = collect(in_process, 0)
-    first = build_train_loader(images, labels, policy="lab", batch_size=4, seed=3, workers=2)
-    second = build_train_loader(images, labels, policy="lab", batch_size=4, seed=3, workers=2)
-    other_seed = build_train_loader(images, labels, policy="lab", batch_size=4, seed=4, workers=0)
+    first = build_train_loader(images, labels, policy="lab-albu", batch_size=4, seed=3, workers=2)
+    second = build_train_loader(images, labels, policy="lab-albu", batch_size=4, seed=3, workers=2)
+    other_seed = build_train_loader(images, labels, policy="lab-albu", batch_size=4, seed=4, workers=0)
     epoch0 = collect(first, 0)
     assert same(epoch0, collect(second, 0))
     assert same(epoch0, reference)  # independent of how samples reach workers

@@ -13,9 +13,9 @@ def tiny(n=40, size=8, chans=3, seed=0):
     return images, np.arange(n, dtype=np.int64)
 
 
-def test_registry_holds_the_six_policies_and_rejects_unknown_names():
+def test_registry_holds_the_seven_policies_and_rejects_unknown_names():
     assert POLICIES.names() == sorted(
-        ["none", "standard", "standard+cutout", "lab", "autoaugment", "randaugment"])
+        ["none", "standard", "standard+cutout", "lab", "lab-albu", "autoaugment", "randaugment"])
     images, labels = tiny()
     with pytest.raises(PipelineError, match="unknown augmentation policy 'mixup'.*standard"):
         build_train_loader(images, labels, policy="mixup")
@@ -94,7 +94,7 @@ def test_order_depends_on_seed_and_epoch_only():
     assert not torch.equal(plan.indices(4), EpochPlan(num_items=50, batch_size=5, seed=2).indices(4))
 
 
-@pytest.mark.parametrize("policy", ["none", "standard", "standard+cutout", "lab", "autoaugment"])
+@pytest.mark.parametrize("policy", ["none", "standard", "standard+cutout", "lab", "lab-albu", "autoaugment"])
 def test_train_loaders_yield_uint8_nchw_and_each_label_once(policy):
     images, labels = tiny(n=20, chans=3)
     loader = build_train_loader(images, labels, policy=policy, batch_size=8, drop_last=False, workers=0)

@@ -4,7 +4,8 @@ Reproducibility does not depend on worker scheduling: the batch sampler yields (
 keys, and each sample's random state is derived from (seed, epoch, index) just before it is
 augmented. The epoch travels inside the keys, so it reaches persistent workers without rebuilding
 them. A sample's augmentation is also independent of rank and world size.
-albumentations (and OpenCV) are imported only when the "lab" policy is built.
+albumentations (and OpenCV) are imported only when the "lab-albu" policy is built (the "lab"
+policy is the same policy batched in torch ops: lab.py).
 """
 from __future__ import annotations
 

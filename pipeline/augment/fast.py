@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from pipeline.augment.loaders import EpochPlan, check_images, derive_seed
+from pipeline.augment.loaders import DeviceTrainLoader, derive_seed
 from pipeline.errors import PipelineError
 
 
@@ -71,20 +71,29 @@ def gather_crops(
     return windows[copy, index, :, top, left]
 
 
+def outside_boxes(size: tuple[int, int], top: torch.Tensor, left: torch.Tensor, box_height,
+                  box_width) -> torch.Tensor:
+    """(N, 1, H, W) bool, False inside each image's box rows [top, top+box_height) x columns
+    [left, left+box_width) (per-image tensors or ints; parts outside the image are ignored)."""
+    height, width = size
+    top, left = top.view(-1, 1, 1, 1), left.view(-1, 1, 1, 1)
+    box_height = box_height.view(-1, 1, 1, 1) if torch.is_tensor(box_height) else box_height
+    box_width = box_width.view(-1, 1, 1, 1) if torch.is_tensor(box_width) else box_width
+    rows = torch.arange(height, device=top.device).view(1, 1, -1, 1)
+    cols = torch.arange(width, device=top.device).view(1, 1, 1, -1)
+    in_rows = (rows >= top) & (rows < top + box_height)  # (N, 1, H, 1): build the small masks first
+    in_cols = (cols >= left) & (cols < left + box_width)  # (N, 1, 1, W)
+    return ~(in_rows & in_cols)
+
+
 def cutout_(images: torch.Tensor, center_y: torch.Tensor, center_x: torch.Tensor, size: int) -> torch.Tensor:
     """Zero a size x size square per image, rows [cy - size//2, +size) and likewise columns,
     clipped at the borders (DeVries & Taylor 2017), in place."""
-    height, width = images.shape[-2:]
-    top = (center_y - size // 2).view(-1, 1, 1, 1)
-    left = (center_x - size // 2).view(-1, 1, 1, 1)
-    rows = torch.arange(height, device=images.device).view(1, 1, -1, 1)
-    cols = torch.arange(width, device=images.device).view(1, 1, 1, -1)
-    in_rows = (rows >= top) & (rows < top + size)  # (N, 1, H, 1): build the small masks first
-    in_cols = (cols >= left) & (cols < left + size)  # (N, 1, 1, W)
-    return images.mul_(~(in_rows & in_cols))
+    keep = outside_boxes(images.shape[-2:], center_y - size // 2, center_x - size // 2, size, size)
+    return images.mul_(keep)
 
 
-class FastTrainLoader:
+class FastTrainLoader(DeviceTrainLoader):
     """TrainLoader over a dataset held on `device`: crop (pad > 0), flip, cutout (> 0) per batch.
 
     An epoch's random numbers are drawn up front from a generator on the device seeded by
@@ -111,17 +120,14 @@ class FastTrainLoader:
         rank: int = 0,
         world_size: int = 1,
     ):
-        check_images(images, labels, "train")
+        super().__init__(images, labels, batch_size=batch_size, device=device, seed=seed,
+                         drop_last=drop_last, rank=rank, world_size=world_size)
         if pad < 0 or cutout < 0:
             raise PipelineError(f"crop padding and cutout size must be >= 0, got {pad} and {cutout}")
-        self.plan = EpochPlan(len(images), batch_size, seed, rank, world_size, drop_last)
-        self.num_samples = self.plan.num_samples
-        self.device = torch.device(device)
         if flip_mode not in FLIP_MODES:
             raise PipelineError(f"unknown flip mode '{flip_mode}'; choose from: {', '.join(FLIP_MODES)}")
         self.pad, self.flip, self.cutout = pad, flip, cutout
         self.size = tuple(images.shape[1:3])
-        self.epoch = 0
         nchw_view = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
         self.sources = crop_sources(nchw_view, pad, mirror=flip, mode=pad_mode)
         self.base_flip = None
@@ -129,20 +135,10 @@ class FastTrainLoader:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(derive_seed(seed, 0, 0))  # the same bits on every rank and epoch
             self.base_flip = torch.randint(2, (len(images),), generator=generator, device=self.device)
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch < 0:
-            raise PipelineError(f"epoch must be non-negative, got {epoch}")
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.plan)
 
     def _draw(self, count: int) -> dict[str, torch.Tensor]:
         """This epoch's per-sample random numbers, in sample order (zeros where unused)."""
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(derive_seed(self.plan.seed, self.epoch, self.plan.rank))
+        generator = self.epoch_generator()
 
         def randint(high: int) -> torch.Tensor:
             return torch.randint(high, (count,), generator=generator, device=self.device)

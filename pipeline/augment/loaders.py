@@ -114,6 +114,34 @@ class EpochPlan:
         return order[self.rank : total : self.world_size][: self.num_samples]
 
 
+class DeviceTrainLoader:
+    """Base of the batched TrainLoaders (dataset on the device): the EpochPlan, the epoch, the labels
+    on the device, and each epoch's generator there, seeded by (seed, epoch, rank)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, device: torch.device,
+                 seed: int, drop_last: bool, rank: int, world_size: int):
+        check_images(images, labels, "train")
+        self.plan = EpochPlan(len(images), batch_size, seed, rank, world_size, drop_last)
+        self.num_samples = self.plan.num_samples
+        self.device = torch.device(device)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise PipelineError(f"epoch must be non-negative, got {epoch}")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def epoch_generator(self) -> torch.Generator:
+        """A generator on the device for this epoch's per-sample random numbers (drawn up front)."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(derive_seed(self.plan.seed, self.epoch, self.plan.rank))
+        return generator
+
+
 class EvalLoader:
     """Fixed-order, unaugmented batches: (uint8 NCHW images, int64 labels or None) on the device.
 

@@ -85,8 +85,10 @@ class TrainConfig:
                                     resumable=True)
     # augmentation
     augment: str = _opt("standard", "Augmentation policy: none; standard (random crop + horizontal flip); "
-                                    "standard+cutout; lab (albumentations: flips, crop, affine, color jitter, "
-                                    "erasing); autoaugment (CIFAR-10 policy); randaugment (N=2, M=9).")
+                                    "standard+cutout; lab (the ECE 590 lab policy: flips, padded crop, affine, "
+                                    "color jitter in a per-image random order, then erasing; batched on the "
+                                    "device); lab-albu (the same policy per image in albumentations "
+                                    "workers); autoaugment (CIFAR-10 policy); randaugment (N=2, M=9).")
     cutout: int = _opt(0, "Cutout square size for --augment standard+cutout (0 = half the image side).")
     crop_pad: int = _opt(4, "standard policies: random-crop padding in pixels (translate by up to this).")
     pad_mode: str = _opt("zero", "standard policies: crop padding fill, zero or reflect.")
