@@ -185,25 +185,14 @@ def run_submit(cfg: SubmitConfig, echo: Callable[[str], None] = click.echo) -> d
 
     blockers = upload_blockers(cfg, slug, meta, prov.data_root)
     if cfg.dry_run:
-        local = _local_score(file, Path(prov.data_root), meta)
-        append_ledger(ledger, {**row, "status": "dry-run", "local_score": f"{local[0]:.6f}" if local else ""})
-        echo(f"dry run: {file} is valid ({len(sample.ids)} rows, sha256 {row['file_sha256'][:12]}); "
-             f"would submit to '{slug or '?'}' with message: {message}")
-        for problem in blockers:
-            echo(f"a real submit would refuse: {problem}")
-        if local:
-            echo(f"local score against the withheld answers: {local[0]:.4f} ({local[1]} rows)")
-        return {**row, "status": "dry-run", "local_score": local[0] if local else None}
+        return dry_run(file, ledger, row, blockers, Path(prov.data_root), meta, len(sample.ids), echo)
     if blockers:
         append_ledger(ledger, {**row, "status": "refused: " + blockers[0].split(": ", 1)[1].split(";")[0]})
         raise PipelineError(blockers[0] + "; nothing uploaded")
 
     try:
         limits = kaggle_api.submission_limits(slug)
-        if limits.num_allowed_now <= 0:
-            cap = "lifetime cap" if limits.limited_by_total else "daily limit"
-            raise PipelineError(f"'{slug}': submission {cap} reached ({limits.num_today} today, "
-                                f"{limits.num_total} in all); nothing uploaded, try again after the reset")
+        check_limits(slug, limits)
         result = kaggle_api.submit_file(file, slug, message)
     except PipelineError as e:
         append_ledger(ledger, {**row, "status": f"failed: {e}"})
@@ -218,6 +207,27 @@ def run_submit(cfg: SubmitConfig, echo: Callable[[str], None] = click.echo) -> d
     if cfg.wait:
         row.update(wait_for_score(cfg, slug, result.ref, message, {"time": row["time"], "ref": result.ref}, echo))
     return row
+
+
+def check_limits(slug: str, limits) -> None:
+    if limits.num_allowed_now <= 0:
+        cap = "lifetime cap" if limits.limited_by_total else "daily limit"
+        raise PipelineError(f"'{slug}': submission {cap} reached ({limits.num_today} today, "
+                            f"{limits.num_total} in all); nothing uploaded, try again after the reset")
+
+
+def dry_run(file: Path, ledger: Path, row: dict[str, Any], blockers: list[str], data_root: Path, meta: dict,
+            rows: int, echo: Callable[[str], None]) -> dict[str, Any]:
+    """A valid file's rehearsal: its ledger row, what a real submit would refuse, its local score if any."""
+    local = _local_score(file, data_root, meta)
+    append_ledger(ledger, {**row, "status": "dry-run", "local_score": f"{local[0]:.6f}" if local else ""})
+    echo(f"dry run: {file} is valid ({rows} rows, sha256 {row['file_sha256'][:12]}); "
+         f"would submit to '{row['competition'] or '?'}' with message: {row['message']}")
+    for problem in blockers:
+        echo(f"a real submit would refuse: {problem}")
+    if local:
+        echo(f"local score against the withheld answers: {local[0]:.4f} ({local[1]} rows)")
+    return {**row, "status": "dry-run", "local_score": local[0] if local else None}
 
 
 def wait_for_score(cfg: SubmitConfig, slug: str, ref: int, message: str, ledger_row: dict[str, Any],

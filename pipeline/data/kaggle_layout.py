@@ -156,12 +156,7 @@ def read_rows(tree: FileTree, name: str, files: dict[str, str], folder: str, col
             if len(fields) != len(header):
                 raise PipelineError(f"{where}: line {line} has {len(fields)} fields, the header has {len(header)}")
             count += 1
-            ident = fields[id_col]
-            if not ident:
-                raise PipelineError(f"{where}: line {line}: empty id")
-            if len(ident) > MAX_ID:
-                raise PipelineError(f"{where}: line {line}: an id of {len(ident):,} characters; ids are file names, "
-                                    f"at most {MAX_ID}")
+            ident = _check_id(where, line, fields[id_col])
             path = _lookup(files, ident)
             if path is None:
                 missing += 1
@@ -173,13 +168,7 @@ def read_rows(tree: FileTree, name: str, files: dict[str, str], folder: str, col
                         stopped = line
                     break
                 continue
-            earlier = claimed.get(path)
-            if earlier is not None:
-                if rows.ids[earlier] == ident:
-                    raise PipelineError(f"{where}: duplicate id '{ident}' (lines {rows.lines[earlier]} and {line})")
-                raise PipelineError(
-                    f"{where}: lines {rows.lines[earlier]} ('{rows.ids[earlier]}') and {line} ('{ident}') both name "
-                    f"{path}; one image cannot be two rows: remove one of them")
+            _check_unclaimed(rows, claimed.get(path), ident, line, path)
             claimed[path] = len(rows.ids)
             label = fields[label_col]
             code = code_of.get(label)
@@ -198,6 +187,26 @@ def read_rows(tree: FileTree, name: str, files: dict[str, str], folder: str, col
     if not rows.ids:
         raise PipelineError(f"{where}: no rows")
     return rows
+
+
+def _check_id(where: str, line: int, ident: str) -> str:
+    if not ident:
+        raise PipelineError(f"{where}: line {line}: empty id")
+    if len(ident) > MAX_ID:
+        raise PipelineError(f"{where}: line {line}: an id of {len(ident):,} characters; ids are file names, "
+                            f"at most {MAX_ID}")
+    return ident
+
+
+def _check_unclaimed(rows: LabelRows, earlier: int | None, ident: str, line: int, path: str) -> None:
+    """One image is never two rows: `earlier` is the row that already named `path`, if any."""
+    if earlier is None:
+        return
+    if rows.ids[earlier] == ident:
+        raise PipelineError(f"{rows.where}: duplicate id '{ident}' (lines {rows.lines[earlier]} and {line})")
+    raise PipelineError(
+        f"{rows.where}: lines {rows.lines[earlier]} ('{rows.ids[earlier]}') and {line} ('{ident}') both name "
+        f"{path}; one image cannot be two rows: remove one of them")
 
 
 def encode_labels(rows: LabelRows, expected: list[str] | None) -> tuple[list[str], np.ndarray, str]:
