@@ -104,7 +104,7 @@ PREDICT_STALE := $(call stale,$(PREDICT_KEY),$(PREDICT_OPTS),$(PREDICT_VARS))
 ENSEMBLE_STALE := $(sort $(call stale,$(ENSEMBLE_KEY).runs,$(ENSEMBLE_RUNS),RUNS RUN) \
 	$(call stale,$(ENSEMBLE_KEY).opts,$(ENSEMBLE_OPTS),ENSEMBLE_ARGS))
 
-.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab demo smoke test test-gpu test-slow bench bench-models bench-engine bench-step bench-data bench-lab bench-augment quality leaderboard info zoo clean-demo
+.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab lab-tables demo smoke test test-gpu test-slow bench bench-models bench-engine bench-step bench-data bench-lab bench-augment quality leaderboard info zoo clean-demo
 
 FORCE:
 
@@ -173,6 +173,14 @@ sweep: $(DATA_DIR)/meta.json ## Optuna sweep: NAME=lr-study CONFIG=configs/x.yam
 lab: $(VENV_STAMP) ## A course lab beside its report: LAB=ece661-simplenn SCALE=quick|full JOBS=2 (LAB_ARGS=--list)
 	@$(if $(LAB)$(filter --list,$(LAB_ARGS)),,echo "make lab: give LAB=<name> ($(LABS))" >&2; exit 2)
 	$(PY) -m pipeline lab $(LAB) --scale $(SCALE) $(if $(JOBS),--jobs $(JOBS)) $(LAB_ARGS)
+
+# The CIFAR-10 labs whose tables README.md shows between <!-- lab:NAME:start/end --> markers.
+README_LABS := ece661-simplenn ece590-lenet5 cs535-cnn4 cmpe597-cnn3
+
+lab-tables: $(VENV_STAMP) ## Redraw README's lab tables (and sweeps/lab-*/report.html) from results/labs/ alone
+	@set -e; for lab in $(README_LABS); do \
+		if [ -d results/labs/$$lab ]; then $(PY) -m pipeline lab $$lab --scale full --report-only --readme README.md > /dev/null; \
+			echo "README.md: $$lab table redrawn (sweeps/lab-$$lab/report.html)"; fi; done
 
 info: $(VENV_STAMP) ## Per-layer params/MACs of MODEL
 	$(PY) -m pipeline info --model $(MODEL_NAME)
