@@ -141,6 +141,13 @@ def test_trend_line_of_an_ordering():
     assert results.trend(exp, rows) == "best: report lr 0.01; ours lr 0.01; pairwise order agrees on 2/3 pairs"
     assert results.trend(exp, rows[1:2]) == "report 74.00, ours 60.00"  # one variant: the two numbers
     assert results.claims(exp, rows) == (2, 3) and results.claims(exp, rows[1:2]) == (0, 0)
+    # a disagreement by less than a seed's spread, on one seed, is a close call; by 10 points it is not
+    assert results.close_calls(exp, rows) == []
+    near = [outcome("lr 0.01", 0.74, [0.600]), outcome("lr 0.05", 0.7314, [0.605])]
+    assert results.close_calls(exp, near) == ["lr: lr 0.01 vs lr 0.05 (0.50 points apart)"]
+    near[0].accs.append(0.598)
+    near[1].accs.append(0.607)
+    assert results.close_calls(exp, near) == []  # two seeds each: the ordering stands as measured
     no_report = [outcome("a", None, [0.4]), outcome("b", None, [0.6])]
     assert results.trend(exp, no_report) == "best ours b; the report gives no numbers here"
 
@@ -273,6 +280,14 @@ def test_results_outlive_the_working_folder(tiny_lab, tmp_path):
     lab3 = quick_lab(spec)
     lab3.seeds = 3
     assert run_lab(lab3, train_fn=counted) == 3 and calls == [2, 2, 2]
+    closer = quick_lab(spec)  # a fourth seed for one variant only
+    closer.seeds, closer.only = 4, ("bn:BN",)
+    assert run_lab(closer, train_fn=counted) == 1 and calls[3:] == [3]
+    table = {o.label: o for o in results.collect(quick_lab(spec))["bn"]}  # the preset's 2 seeds + what exists
+    assert (len(table["BN"].accs), len(table["no BN"].accs), table["BN"].pending) == (4, 3, 0)
+    closer.only = ("bn:batch 512",)
+    with pytest.raises(PipelineError, match=r"--only bn:batch 512: not an experiment \(or EXPERIMENT:variant\)"):
+        closer.check_only()
 
 
 def test_a_machine_setting_keeps_the_result_an_epoch_count_does_not(tiny_lab):

@@ -78,6 +78,9 @@ def write_outputs(lab, started: float | None = None, figures: bool = True) -> di
               help="Train at most this many units in this call (one worker).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Seeds per configuration [the preset's for this scale].")
+@click.option("--only", multiple=True, metavar="EXPERIMENT[:VARIANT]",
+              help="Train only these experiments' (or variants') units, e.g. --seeds 2 --only 'lr:lr 0.01' for a "
+                   "second seed where an ordering is close; the tables show every seed there is.")
 @click.option("--report-only", is_flag=True, help="Only rewrite results.md and report.html from the result files.")
 @click.option("--no-figures", is_flag=True, help="Skip report.html (results.md only).")
 @click.option("--list", "list_only", is_flag=True, help="List the presets and their experiments.")
@@ -85,7 +88,7 @@ def write_outputs(lab, started: float | None = None, figures: bool = True) -> di
               help="Also write the lab's table between its <!-- lab:NAME:start/end --> markers in this file.")
 @click.option("--worker", is_flag=True, hidden=True, help="Only take units from the queue (started by --jobs).")
 @click.option("--queue", "queue_name", default=None, hidden=True, help="The queue a --worker takes units from.")
-def command(name, scale, data, sets, labs_dir, sweeps_dir, results_dir, jobs, storage, max_units, seeds,
+def command(name, scale, data, sets, labs_dir, sweeps_dir, results_dir, jobs, storage, max_units, seeds, only,
             report_only, no_figures, list_only, readme, worker, queue_name):
     """Run a course lab's experiments and put our numbers beside the report's."""
     from pipeline.lab.run import LabRun, data_folder, lab_folder, prepare_data, run_lab, work
@@ -106,7 +109,8 @@ def command(name, scale, data, sets, labs_dir, sweeps_dir, results_dir, jobs, st
     # redrawing needs no data (the result files name it): a clean checkout does not rebuild it
     folder = (data or str(data_folder(spec, scale)[0])) if report_only else prepare_data(spec, scale, data)
     lab = LabRun(spec, scale, lab_folder(name, scale, sweeps_dir), folder, parse_sets(sets),
-                 seeds or spec.scale(scale).seeds, Path(results_dir))
+                 seeds or spec.scale(scale).seeds, Path(results_dir), only=tuple(only))
+    lab.check_only()
     if worker:
         if not (storage and queue_name):
             raise PipelineError("--worker takes units from a queue run_lab made: give --storage and --queue")
@@ -118,7 +122,8 @@ def command(name, scale, data, sets, labs_dir, sweeps_dir, results_dir, jobs, st
     if not report_only:
         # the workers rebuild this lab from the same arguments (data resolved, so none prepares it again)
         args = [name, "--scale", scale, "--data", lab.data, "--labs-dir", labs_dir, "--sweeps-dir", sweeps_dir,
-                "--results-dir", results_dir, "--seeds", str(lab.seeds), *(f"--set={s}" for s in sets)]
+                "--results-dir", results_dir, "--seeds", str(lab.seeds), *(f"--set={s}" for s in sets),
+                *(f"--only={o}" for o in only)]
         try:
             run_lab(lab, storage=storage, jobs=jobs, max_units=max_units, worker_args=args)
         except KeyboardInterrupt:

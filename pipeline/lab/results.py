@@ -62,10 +62,13 @@ def collect(lab: LabRun) -> dict[str, list[Outcome]]:
         for var in exp.variants:
             point = points[(exp.name, var.label)]
             o = Outcome(var.label, var.report, point.name)
-            for unit in lab.units(point):
+            # the lab's seeds, and any further seed a closer look (--seeds N --only ...) added
+            extra = max((r.seed + 1 for r in done.values() if r.unit.startswith(f"u-{lab.units(point, 1)[0].key}-")),
+                        default=0)
+            for unit in lab.units(point, max(lab.seeds, extra)):
                 result = done.get(unit.name)
                 if result is None:
-                    o.pending += 1
+                    o.pending += unit.seed < lab.seeds
                     if unit.name in errors:
                         o.failed.append(errors[unit.name])
                     continue
@@ -121,6 +124,26 @@ def ordered_pairs(outcomes: list[Outcome]) -> dict[tuple[str, str], bool]:
     both = [o.label for o in outcomes if o.label in ours and o.label in theirs]
     return {(x, y): (theirs[x] > theirs[y]) == (ours[x] > ours[y])
             for i, x in enumerate(both) for y in both[i + 1:] if theirs[x] != theirs[y]}
+
+
+CLOSE = 0.01  # 1 point: about the spread of two seeds on 5,000 val images (binomial s.d. ~0.65 points each)
+
+
+def close_calls(exp: Experiment, outcomes: list[Outcome]) -> list[str]:
+    """Disagreements with the report that our numbers decide by less than CLOSE, while some side has a
+    single seed: where a second seed (--seeds 2 --only EXP:VARIANT) is worth its time."""
+    by_label = {o.label: o for o in outcomes}
+    pairs = ordered_pairs(outcomes)
+    if exp.claim and len(outcomes) == 2:
+        pairs = {(outcomes[0].label, outcomes[1].label): "(disagree)" not in trend(exp, outcomes)}
+    out = []
+    for (x, y), agree in pairs.items():
+        a, b = by_label[x], by_label[y]
+        if agree or a.mean is None or b.mean is None:
+            continue
+        if abs(a.mean - b.mean) < CLOSE and min(len(a.accs), len(b.accs)) < 2:
+            out.append(f"{exp.name}: {x} vs {y} ({100 * abs(a.mean - b.mean):.2f} points apart)")
+    return out
 
 
 def claims(exp: Experiment, outcomes: list[Outcome]) -> tuple[int, int]:
@@ -206,6 +229,7 @@ def results_markdown(lab: LabRun, collected: dict[str, list[Outcome]], machine: 
         lines.append("|---|" + "---:|" * 5 + "---|")
         lines += ["| " + " | ".join(r) + " |" for r in table_rows(outcomes)]
         lines += ["", f"Trend: {trend(exp, outcomes)}."]
+        lines += [f"Close: {c}; a second seed would settle it." for c in close_calls(exp, outcomes)]
         errors = [f"- {o.label}: {e}" for o in outcomes for e in o.failed]
         if errors:
             lines += ["", "Errors:", ""] + errors
@@ -227,6 +251,10 @@ def readme_block(lab: LabRun, collected: dict[str, list[Outcome]]) -> str:
             lines.append(f"| {exp.name} | " + " | ".join(row[:4]) + " |")
     lines += ["", "Trends:", ""]
     lines += [f"- {exp.name}: {trend(exp, collected[exp.name])}" for exp in lab.spec.experiments]
+    close = [c for exp in lab.spec.experiments for c in close_calls(exp, collected[exp.name])]
+    if close:
+        lines += ["", "Disagreements closer than one seed's spread (a second seed would settle them):", ""]
+        lines += [f"- {c}" for c in close]
     return "\n".join(lines) + "\n"
 
 

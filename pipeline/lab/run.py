@@ -43,6 +43,7 @@ class LabRun:
     seeds: int  # seeds per point: the scale's, or --seeds
     results_dir: Path = field(default_factory=lambda: store.RESULTS_DIR)
     identity: dict[str, Any] | None = field(default=None, repr=False)  # store.data_identity, read once
+    only: tuple[str, ...] = ()  # train only these experiments' units ("EXP" or "EXP:variant label")
 
     @property
     def runs_dir(self) -> Path:
@@ -70,12 +71,24 @@ class LabRun:
                 self.identity = store.identity_of_results(self.results, self.data)
         return self.identity
 
-    def units(self, point: Point) -> list[store.Unit]:
+    def units(self, point: Point, seeds: int | None = None) -> list[store.Unit]:
         settings = store.unit_settings(point, self.overrides)
-        return [store.Unit(point, seed, settings, self.data_identity()) for seed in range(self.seeds)]
+        return [store.Unit(point, seed, settings, self.data_identity()) for seed in range(seeds or self.seeds)]
 
     def all_units(self) -> dict[str, store.Unit]:
-        return {u.name: u for p in self.spec.unique_points(self.scale) for u in self.units(p)}
+        """The units this lab trains: every point's seeds, or only the points --only names."""
+        return {u.name: u for p in self.spec.unique_points(self.scale) if self.wanted(p) for u in self.units(p)}
+
+    def wanted(self, point: Point) -> bool:
+        names = {name for pair in self.variants_of(point) for name in (pair[0], ":".join(pair))}
+        return not self.only or bool(names & set(self.only))
+
+    def check_only(self) -> None:
+        known = {name for e in self.spec.experiments for v in e.variants for name in (e.name, f"{e.name}:{v.label}")}
+        unknown = sorted(set(self.only) - known)
+        if unknown:
+            raise PipelineError(f"--only {', '.join(unknown)}: not an experiment (or EXPERIMENT:variant) of "
+                                f"{self.spec.name}; experiments: {', '.join(e.name for e in self.spec.experiments)}")
 
     def variants_of(self, point: Point) -> list[list[str]]:
         return [[exp, label] for (exp, label), p in self.spec.points(self.scale).items() if p.key == point.key]
