@@ -115,9 +115,9 @@ def open_storage(storage: str) -> optuna.storages.RDBStorage:
             raise PipelineError(f"--storage {_safe_url(storage)}: {e} (PostgreSQL: pip install 'psycopg[binary]')") \
                 from None
         except Exception as e:  # SQLAlchemy/driver errors: name the URL, not a traceback
-            # workers starting together on an empty server database race to create its tables: the
-            # loser fails once, then finds them made
-            if attempt < 2 and not storage.startswith("sqlite"):
+            # workers starting together on an empty database race to create its tables: the loser
+            # fails once (a unique key of optuna's schema version), then finds them made
+            if attempt < 2:
                 time.sleep(1 + attempt)
                 continue
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
