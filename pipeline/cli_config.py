@@ -1,9 +1,11 @@
 """Every stage's CLI generated from its config dataclass: one flag per field, plus --config FILE.
 
 A field declared with `setting(default, help, choices=...)` becomes `--field-name` with that help
-text and its default shown, so flags, YAML keys and defaults cannot drift apart. Flags default to
-None (= not given): precedence is dataclass defaults < --config YAML < flags given. Values are
-type-checked by `pipeline.config.resolve_config`, which names the key and the value in one line.
+text, its choices and its default shown, so flags, YAML keys, defaults and the values a flag accepts
+cannot drift apart. Choices come from the registry that builds them where there is one (a Registry,
+or a function returning one, so a new entry is listed and accepted at once). Flags default to None
+(= not given): precedence is dataclass defaults < --config YAML < flags given. Values are type- and
+choice-checked by `pipeline.config.resolve_config`, which names the key and the value in one line.
 """
 from __future__ import annotations
 
@@ -13,15 +15,22 @@ from typing import Any, Callable, Iterable
 
 import click
 
-from pipeline.config import unwrap_optional
+from pipeline.config import field_choices, unwrap_optional
 from pipeline.errors import PipelineError
+from pipeline.registry import Registry
+
+Choices = Iterable[str] | Registry | Callable[[], Iterable[str] | Registry]
 
 
-def setting(default: Any, help: str, *, choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
-            metavar: str | None = None, short: str | None = None, **extra: Any) -> Any:
-    """A config field with its CLI help (optionally: the values its flag accepts, a short alias, and
-    `extra` metadata that a stage reads off its own fields, e.g. TrainConfig's `resumable`)."""
-    metadata = {"help": help, "choices": choices, "metavar": metavar, "short": short, **extra}
+def setting(default: Any, help: str, *, choices: Choices | None = None, also: Iterable[str] = (),
+            minimum: float | None = None, metavar: str | None = None, short: str | None = None,
+            flag: str | None = None, multiple: bool = False, hidden: bool = False, **extra: Any) -> Any:
+    """A config field with its CLI help. Optionally: the values it accepts (`choices`, plus `also`
+    values beside a registry's names, e.g. "auto"), its `minimum`, a short alias, another `flag`
+    name, a repeatable flag (`multiple`, for a list), a hidden flag, and `extra` metadata that a
+    stage reads off its own fields (TrainConfig's `resumable`)."""
+    metadata = {"help": help, "choices": choices, "also": tuple(also), "minimum": minimum, "metavar": metavar,
+                "short": short, "flag": flag, "multiple": multiple, "hidden": hidden, **extra}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -44,36 +53,46 @@ def _show(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+def _help(f: dataclasses.Field, choices: list[str] | None) -> str:
+    """The field's help, then the values it accepts and its default, generated from the field."""
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    shown = f"choices: {', '.join(choices)}; " if choices else ""
+    return f"{f.metadata.get('help', '')} [{shown}default: {_show(default)}]"
+
+
+def _option(f: dataclasses.Field, hint: Any) -> Callable[[Callable], Callable]:
+    """The click option of one field (default None = not given, so YAML values survive)."""
+    base, meta = _base_type(hint), f.metadata
+    found = field_choices(f)
+    choices, registry = found if found else (None, None)
+    name = meta.get("flag") or f"--{f.name.replace('_', '-')}"
+    flags = [name, *([meta["short"]] if meta.get("short") else [])]
+    common = dict(default=None, help=_help(f, choices), hidden=bool(meta.get("hidden")))
+    if base is bool:
+        return click.option(f"{name}/--no-{name[2:]}", f.name, **common)
+    if base is list and meta.get("multiple"):
+        return click.option(*flags, f.name, multiple=True, metavar=meta.get("metavar"), **common)
+    if base is list:
+        return click.option(*flags, f.name, type=str, metavar=meta.get("metavar") or "A,B", **common)
+    if choices and registry is None:
+        click_type = click.Choice(choices)
+    elif base is int and meta.get("minimum") is not None:
+        click_type = click.IntRange(min=meta["minimum"])
+    else:  # a registry's names are checked by the registry: one line with its guesses, not click's usage
+        click_type = {int: int, float: float}.get(base, str)
+    return click.option(*flags, f.name, type=click_type, metavar=meta.get("metavar") or (choices and "NAME"),
+                        **common)
+
+
 def config_options(cls: type, skip: Iterable[str] = ()) -> Callable[[Callable], Callable]:
     """Decorate a click command with a --flag for every field of dataclass `cls` except `skip`
     (positional arguments) and dict fields (those get their own key=value flag)."""
     hints = typing.get_type_hints(cls)
-    skipped = set(skip)
 
     def decorate(fn: Callable) -> Callable:
         for f in reversed(dataclasses.fields(cls)):
-            if f.name in skipped:
-                continue
-            hint = hints[f.name]
-            base = _base_type(hint)
-            if base is dict:
-                continue
-            name = f.name.replace("_", "-")
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            text = f"{f.metadata.get('help', '')} [default: {_show(default)}]"
-            choices = f.metadata.get("choices")
-            if callable(choices):
-                choices = choices()
-            metavar = f.metadata.get("metavar")
-            if base is bool:
-                fn = click.option(f"--{name}/--no-{name}", f.name, default=None, help=text)(fn)
-            elif base is list:
-                fn = click.option(f"--{name}", f.name, type=str, default=None, metavar=metavar or "A,B",
-                                  help=text)(fn)
-            else:
-                click_type = click.Choice(list(choices)) if choices else {int: int, float: float}.get(base, str)
-                flags = [f"--{name}", *([f.metadata["short"]] if f.metadata.get("short") else [])]
-                fn = click.option(*flags, f.name, type=click_type, default=None, metavar=metavar, help=text)(fn)
+            if f.name not in skip and _base_type(hints[f.name]) is not dict:
+                fn = _option(f, hints[f.name])(fn)
         return fn
 
     return decorate
@@ -84,8 +103,10 @@ def parse_flag_lists(cls: type, flags: dict[str, Any]) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     out = {}
     for key, value in flags.items():
-        if value is None:
+        if value is None or value == ():  # () = a repeatable flag not given
             continue
+        if isinstance(value, tuple):
+            value = list(value)
         hint = hints.get(key)
         if _base_type(hint) is list and isinstance(value, str):
             items = [v.strip() for v in value.split(",") if v.strip()]
@@ -100,6 +121,7 @@ def parse_flag_lists(cls: type, flags: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def config_file_option(cls: type) -> Callable[[Callable], Callable]:
-    return click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-                        help=f"YAML file of {cls.__name__} keys (flags given override it).")
+def config_file_option(cls: type, example: str = "") -> Callable[[Callable], Callable]:
+    """--config FILE: every stage's YAML of its config keys, under the flags given."""
+    return click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                        help=f"YAML file of {cls.__name__} keys (flags given override it){example}.")

@@ -12,6 +12,7 @@ import yaml
 
 from pipeline.artifacts import atomic_write_text
 from pipeline.errors import PipelineError
+from pipeline.registry import Registry, did_you_mean
 
 C = TypeVar("C")
 
@@ -51,7 +52,44 @@ def resolve_config(
                     f"{origin}: unknown config key '{key}'; known keys: {', '.join(sorted(fields))}"
                 )
             values[key] = _coerce(cls, fields[key], value, origin)
-    return cls(**values)
+    cfg = cls(**values)
+    check_fields(cfg)
+    return cfg
+
+
+def field_choices(f: dataclasses.Field) -> tuple[list[str], Registry | None] | None:
+    """The values a field declared with `choices=` accepts: (names, the registry they come from or
+    None), or None for a free field. A callable is called now, so a registry's names are current."""
+    choices = f.metadata.get("choices")
+    if choices is None:
+        return None
+    if callable(choices) and not isinstance(choices, Registry):
+        choices = choices()
+    registry = choices if isinstance(choices, Registry) else None
+    return [*f.metadata.get("also", ()), *(registry.names() if registry else choices)], registry
+
+
+def check_fields(cfg: Any) -> None:
+    """What the fields declare about their values (choices=, minimum=), checked in one place, one
+    line per bad value: every stage runs this before it reads any data."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None:
+            continue
+        minimum = f.metadata.get("minimum")
+        if minimum is not None and value < minimum:
+            raise PipelineError(f"--{f.name.replace('_', '-')} must be at least {minimum}, got {value}")
+        found = field_choices(f)
+        if found is None:
+            continue
+        names, registry = found
+        for item in value if isinstance(value, list) else [value]:
+            if item in names:
+                continue
+            if registry is not None:
+                registry.get(item)  # the registry's own one-line error (with its guesses)
+            raise PipelineError(f"unknown {f.name.replace('_', ' ')} '{item}'{did_you_mean(item, names)}; "
+                                f"choose from: {', '.join(names)}")
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

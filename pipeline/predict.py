@@ -37,7 +37,7 @@ from pipeline.errors import PipelineError
 from pipeline.run_layout import (BEST, LAST, MANIFEST, OUTPUTS, PREDICT_JSON, TEST_IDS, TEST_LOGITS, VAL_IDS,
                                  VAL_LABELS, VAL_LOGITS)
 from pipeline.runtime import (
-    PRECISIONS, autocast, nhwc_to_nchw, normalizer, resolve_device, resolve_precision, to_model_input,
+    PRECISIONS, autocast, check_precision, nhwc_to_nchw, normalizer, resolve_device, resolve_precision, to_model_input,
 )
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class PredictConfig:
     batch_size: int = setting(512, "Images per forward pass.")
     precision: str = setting("auto", "Autocast precision; auto: the one training's probe measured fastest, when "
                                      "predicting on the device it measured, else fp32 on CPU / bf16 or fp16 on "
-                                     "CUDA.", choices=("auto", "fp32", "bf16", "fp16"))
+                                     "CUDA.", choices=("auto", *PRECISIONS))
     data: Optional[str] = setting(None, "Prepared data folder (default: the one the run was trained on).")
     allow_changed_data: bool = setting(False, "Predict even if the data folder's arrays changed since training "
                                               "(it was rebuilt); otherwise that is refused.")
@@ -171,11 +171,12 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     """Score every TTA level on val, save the most complete level's val/test logits; a summary dict."""
     started = time.time()
     run_dir = Path(cfg.runs_dir) / cfg.run
+    device = resolve_device(cfg.device)
+    check_precision(cfg.precision, device)  # before the model and data are read
     loaded = load_run_model(run_dir, cfg.checkpoint)
     data = load_run_data(loaded.ckpt, loaded.path, cfg.data, cfg.allow_changed_data)
     cfg = dataclasses.replace(cfg, tta=_tta_levels(cfg, data))  # predict.json records what ran
     levels, saved = cfg.tta, tta.most_complete(cfg.tta)
-    device = resolve_device(cfg.device)
     precision = resolve_precision(measured_precision(run_dir, loaded.ckpt, device)
                                   if cfg.precision == "auto" else cfg.precision, device)
     channels_last = bool((loaded.ckpt.get("config") or {}).get("channels_last", False))

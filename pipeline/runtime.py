@@ -53,14 +53,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return fallback_precision(device) if precision == "auto" else precision
 
 
-def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a resolved precision name (None = fp32), or a one-line error."""
-    if precision not in PRECISIONS:
-        raise PipelineError(f"unknown precision '{precision}'; choose from: auto, {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
-    if device.type == "cpu" and dtype is torch.float16:
-        raise PipelineError("fp16 autocast is for CUDA; use --precision bf16 on CPU")
-    return dtype
+def check_precision(precision: str, device: torch.device) -> None:
+    """Whether `device` can run `precision`, checked once as a stage starts (before any data is read);
+    the name itself is one of the config field's choices (pipeline.config.check_fields)."""
+    if resolve_precision(precision, device) == "fp16" and device.type != "cuda":
+        raise PipelineError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -69,8 +66,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def autocast_factory(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """Resolve and check the precision once; the returned function makes each step's context."""
-    dtype = check_precision(resolve_precision(precision, device), device)
+    """Map the precision to its dtype once; the returned function makes each step's context."""
+    dtype = PRECISIONS[resolve_precision(precision, device)]
     if dtype is None:
         return contextlib.nullcontext
     return functools.partial(torch.amp.autocast, device_type=device.type, dtype=dtype)

@@ -21,7 +21,7 @@ import numpy as np
 from pipeline import flips
 from pipeline.artifacts import atomic_write_json, file_entry, write_manifest
 from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
-from pipeline.config import config_dict, resolve_config
+from pipeline.config import check_fields, config_dict, resolve_config
 from pipeline.data.fetch import raw_entry
 from pipeline.data.folders import building_dir, recover, scratch_dir
 from pipeline.data.images import channel_stats, default_workers
@@ -48,7 +48,7 @@ class DataConfig:
     kaggle: Optional[str] = setting(None, "Download the competition's files with the Kaggle API.", metavar="SLUG")
     test_source: Optional[str] = setting(None, "A course test pickle ({data, ids}) to use as the test set.")
     source_format: str = setting("auto", "Source format (auto-detected by default).",
-                                 choices=lambda: ["auto", *SOURCES.names()], short="--format")
+                                 choices=SOURCES, also=("auto",), short="--format")
     classes: Optional[list[str]] = setting(None, "Expected class names, in index order; other labels are errors.",
                                            metavar="NAME,NAME")
     limit: Optional[int] = setting(None, "Keep a stratified subset of N training images (smoke runs).")
@@ -69,8 +69,7 @@ class DataConfig:
 def check_config(cfg: DataConfig) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.competition or ""):
         raise PipelineError(f"competition name '{cfg.competition}' must be letters, digits, '.', '_' or '-'")
-    if cfg.source_format != "auto":
-        SOURCES.get(cfg.source_format)
+    check_fields(cfg)  # --format: a registered source or auto
     if cfg.limit is not None and cfg.limit < 1:
         raise PipelineError(f"--limit must be at least 1, got {cfg.limit}")
     if cfg.classes:

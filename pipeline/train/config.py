@@ -11,7 +11,39 @@ from dataclasses import dataclass, fields
 from typing import Optional
 
 from pipeline.cli_config import setting as _opt
+from pipeline.config import check_fields
 from pipeline.errors import PipelineError
+
+
+# The registries that build these are the lists of their names; read when a flag or value needs them.
+def _optimizers():
+    from pipeline.train.optim import OPTIMIZERS
+    return OPTIMIZERS
+
+
+def _schedules():
+    from pipeline.train.schedules import SCHEDULES
+    return SCHEDULES
+
+
+def _policies():
+    from pipeline.augment import POLICIES
+    return POLICIES
+
+
+def _pad_modes():
+    from pipeline.augment.fast import PAD_MODES
+    return PAD_MODES
+
+
+def _flip_modes():
+    from pipeline.augment.fast import FLIP_MODES
+    return ["auto", *FLIP_MODES, "none"]
+
+
+def _precisions():
+    from pipeline.runtime import PRECISIONS
+    return ["auto", *PRECISIONS]
 
 
 @dataclass
@@ -32,7 +64,7 @@ class TrainConfig:
                                     "accumulate their gradients (0 = whole batch): the same step in less "
                                     "memory; BatchNorm then normalises each slice separately.")
     # optimizer
-    optimizer: str = _opt("sgd", "Optimizer: sgd, adam, adamw, rmsprop, adagrad, adamax.")
+    optimizer: str = _opt("sgd", "Optimizer (muon: Muon on the conv filters, sgd on the rest).", choices=_optimizers)
     lr: float = _opt(0.1, "Peak learning rate.")
     momentum: float = _opt(0.9, "Momentum (sgd, rmsprop).")
     nesterov: bool = _opt(False, "Nesterov momentum (sgd).")
@@ -51,8 +83,7 @@ class TrainConfig:
     decay_bn_bias: bool = _opt(False, "Also decay BatchNorm and bias parameters (excluded by default).")
     l1: float = _opt(0.0, "L1 penalty lambda * sum|w| added to the loss (weights only).")
     # learning-rate schedule, stepped every iteration
-    schedule: str = _opt("onecycle", "LR schedule: onecycle, cosine, triangle, step, multistep, exponential, "
-                                     "constant.")
+    schedule: str = _opt("onecycle", "LR schedule.", choices=_schedules)
     warmup_epochs: float = _opt(0.0, "Linear warmup (epochs, may be fractional) before any schedule.")
     pct_start: float = _opt(0.25, "onecycle/triangle: fraction of training spent rising to the peak lr.")
     lr_start_factor: float = _opt(0.2, "triangle: lr at the first step, as a fraction of --lr.")
@@ -88,17 +119,18 @@ class TrainConfig:
                                     "standard+cutout; lab (the ECE 590 lab policy: flips, padded crop, affine, "
                                     "color jitter in a per-image random order, then erasing; batched on the "
                                     "device); lab-albu (the same policy per image in albumentations "
-                                    "workers); autoaugment (CIFAR-10 policy); randaugment (N=2, M=9).")
+                                    "workers); autoaugment (CIFAR-10 policy); randaugment (N=2, M=9).",
+                         choices=_policies)
     cutout: int = _opt(0, "Cutout square size for --augment standard+cutout (0 = half the image side).")
     crop_pad: int = _opt(4, "standard policies: random-crop padding in pixels (translate by up to this).")
-    pad_mode: str = _opt("zero", "standard policies: crop padding fill, zero or reflect.")
+    pad_mode: str = _opt("zero", "standard policies: crop padding fill.", choices=_pad_modes)
     flip_mode: str = _opt("auto", "Horizontal flips: auto (random where the data's meta.json says flips keep "
                                   "labels, else none: no mirrored digits), random (each image, each epoch), "
                                   "alternate (each image flipped on every other epoch, airbench; standard "
-                                  "policies only) or none.")
+                                  "policies only) or none.", choices=_flip_modes)
     # speed
     precision: str = _opt("auto", "Autocast precision: auto (the fastest, measured by the probe on this "
-                                  "machine), bf16, fp16 (CUDA only) or fp32.", resumable=True)
+                                  "machine), bf16, fp16 (CUDA only) or fp32.", choices=_precisions, resumable=True)
     channels_last: Optional[bool] = _opt(None, "channels_last memory format for model and inputs; unset = auto "
                                                "(measured by the probe).", resumable=True)
     compile: Optional[bool] = _opt(None, "torch.compile the model; unset = auto (probed only where a compile, "
@@ -131,7 +163,8 @@ RESUME_MAY_CHANGE = frozenset(f.name for f in fields(TrainConfig) if f.metadata.
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """Out-of-range values as one-line errors before any work starts (names are checked by registries)."""
+    """Unknown names and out-of-range values as one-line errors before any data is read."""
+    check_fields(cfg)  # the choices declared on the fields, from the registries that build them
     rules = [
         ("epochs", cfg.epochs > 0, "positive"),
         ("batch_size", cfg.batch_size >= 1, "at least 1"),
@@ -156,8 +189,6 @@ def check_config(cfg: TrainConfig) -> None:
         ("whiten_images", cfg.whiten_images >= 1, "at least 1"),
         ("whiten_bias_epochs", cfg.whiten_bias_epochs >= 0, "non-negative"),
         ("crop_pad", cfg.crop_pad >= 0, "non-negative"),
-        ("pad_mode", cfg.pad_mode in ("zero", "reflect"), "zero or reflect"),
-        ("flip_mode", cfg.flip_mode in ("auto", "random", "alternate", "none"), "auto, random, alternate or none"),
         ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
         ("mixup", cfg.mixup >= 0, "non-negative"),
         ("cutmix", cfg.cutmix >= 0, "non-negative"),

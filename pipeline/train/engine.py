@@ -29,6 +29,7 @@ from pipeline.data.dataset import PreparedData, load_prepared
 from pipeline.errors import PipelineError
 from pipeline.models import create_model
 from pipeline.run_layout import BEST, CONFIG, LAST, MANIFEST, TRAIN_FILES, snapshot_name, snapshots
+from pipeline.runtime import check_precision
 from pipeline.train import distributed, logbook
 from pipeline.train.budget import BudgetClock, check_at_epoch_end, plan_budget
 from pipeline.train.config import TrainConfig, check_config
@@ -87,6 +88,7 @@ def run_training(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], Any] | No
     owns_group = distributed.env_info().enabled and not torch.distributed.is_initialized()
     dist_info, device = distributed.setup(cfg.device)
     try:
+        check_precision(cfg.precision, device)
         return _run(cfg, dist_info, device, on_epoch_end, started)
     finally:
         if owns_group:

@@ -10,14 +10,13 @@ from typing import Any
 
 import click
 
-from pipeline.cli_config import config_options, parse_flag_lists
+from pipeline.cli_config import config_file_option, config_options, parse_flag_lists
 from pipeline.config import resolve_config
 from pipeline.train.config import TrainConfig
 
 
 @click.command("train")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML file of TrainConfig keys (flags override it), e.g. configs/resnet20-paper.yaml.")
+@config_file_option(TrainConfig, example=", e.g. configs/resnet20-paper.yaml")
 @click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
               help="Model option, repeatable (e.g. --model-opt bn=true --model-opt dropout=0.3).")
 @config_options(TrainConfig)

@@ -18,7 +18,7 @@ from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.models.init import dirac_init_, first_conv, whiten_init_
-from pipeline.runtime import (PRECISIONS, autocast_factory, fallback_channels_last, fallback_compile, nhwc_to_nchw,
+from pipeline.runtime import (autocast_factory, fallback_channels_last, fallback_compile, nhwc_to_nchw,
                               normalizer, resolve_precision, to_model_input)
 from pipeline.train.budget import BudgetClock
 from pipeline.train.config import TrainConfig
@@ -84,7 +84,7 @@ def build_trainer(
 ) -> Trainer:
     """Optimizer, schedule, scaler, EMA, loss and wrappers for `module` (already on `device`, in its
     final memory format: the EMA and lookahead keep references to its tensors)."""
-    precision = _precision(cfg, device)
+    precision = resolve_precision(cfg.precision, device)  # checked by run_training before any data was read
     # The optimizer sees the resolved precision (Muon's Newton-Schulz follows it).
     optimizer = build_optimizer(module, dataclasses.replace(cfg, precision=precision),
                                 batch_size=cfg.batch_size * world_size)
@@ -102,15 +102,6 @@ def build_trainer(
         l1=cfg.l1, l1_params=decayed_parameters(module) if cfg.l1 else [], micro_batch=cfg.micro_batch_size,
         autocast=autocast_factory(device, precision),
     )
-
-
-def _precision(cfg: TrainConfig, device: torch.device) -> str:
-    precision = resolve_precision(cfg.precision, device)
-    if precision not in PRECISIONS:
-        raise PipelineError(f"unknown precision '{cfg.precision}'; choose from: auto, {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type != "cuda":
-        raise PipelineError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
-    return precision
 
 
 def _loss(cfg: TrainConfig, num_classes: int) -> tuple[Callable | None, Callable]:
