@@ -50,7 +50,7 @@ def _item_type(hint: Any) -> type:
 def _show(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(str(v) for v in value) or "none"
-    return "none" if value is None else str(value)
+    return "none" if value is None or value == "" else str(value)
 
 
 def _help(f: dataclasses.Field, choices: list[str] | None) -> str:

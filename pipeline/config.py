@@ -100,6 +100,16 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     return atomic_write_text(path, yaml.safe_dump(config_dict(cfg), sort_keys=False))
 
 
+def safe_url(storage: str) -> str:
+    """A database URL without its password, fit for a saved config or a message."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a parseable URL: keep only the scheme
+        return storage.split("://", 1)[0] + "://..." if "://" in storage else storage
+
+
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
                list: "a list", tuple: "a list", dict: "a mapping"}
 

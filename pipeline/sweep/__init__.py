@@ -16,48 +16,58 @@ started. A name is bound to its search space: another grid, base config or --set
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Optional
+
 import click
+
+from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
+from pipeline.config import config_dict, resolve_config
+from pipeline.errors import PipelineError
+
+
+@dataclass
+class SweepConfig:
+    name: str = setting("", "Sweep name: sweeps/NAME/ and run folders NAME-<trial> (required).")
+    base_config: Optional[str] = setting(None, "Train config YAML every trial starts from.", metavar="FILE")
+    grid: list[str] = setting([], "Values of a TrainConfig key or model_opts.X (repeatable; the grid is all "
+                                  "combinations).", multiple=True, metavar="KEY=V1,V2,...")
+    n_random: Optional[int] = setting(None, "Sample N trials instead (--grid keys become choices, --range keys "
+                                            "intervals).", flag="--random", metavar="N")
+    ranges: list[str] = setting([], "An interval --random samples from (repeatable).", flag="--range",
+                                multiple=True, metavar="KEY=LOW:HIGH[:log][:int]")
+    sampler: str = setting("random", "How --random draws its points.", choices=("random", "tpe"))
+    sets: list[str] = setting([], "The same for every trial, over the base config (repeatable).", flag="--set",
+                              multiple=True, metavar="KEY=VALUE")
+    storage: Optional[str] = setting(None, "SQLAlchemy URL of the study [sqlite:///sweeps/NAME/study.db]; point "
+                                           "several machines at one database to split the work.", metavar="URL")
+    prune: bool = setting(False, "Stop trials whose val accuracy falls below the median (MedianPruner).")
+    prune_warmup: int = setting(1, "Epochs of every trial that are never pruned.")
+    seed: int = setting(0, "Seed of the grid order / sampler.")
+    sweeps_dir: str = setting("sweeps", "Folder of the sweeps' tables and studies.")
+    out_dir: Optional[str] = setting(None, "Where the trials' run folders go [the base config's out_dir].")
+    max_trials: Optional[int] = setting(None, "Run at most this many trials in this process.")
+    take_over_running: bool = setting(False, "Also continue RUNNING trials of other hosts (only when their "
+                                             "workers are dead).")
 
 
 @click.command("sweep")
-@click.option("--name", required=True, help="Sweep name: sweeps/NAME/ and run folders NAME-<trial>.")
-@click.option("--base-config", type=click.Path(dir_okay=False), default=None,
-              help="Train config YAML every trial starts from.")
-@click.option("--grid", multiple=True, metavar="KEY=V1,V2,...",
-              help="Values of a TrainConfig key or model_opts.X (repeatable; the grid is all combinations).")
-@click.option("--random", "n_random", type=int, default=None, metavar="N",
-              help="Sample N trials instead (--grid keys become choices, --range keys intervals).")
-@click.option("--range", "ranges", multiple=True, metavar="KEY=LOW:HIGH[:log][:int]",
-              help="An interval --random samples from (repeatable).")
-@click.option("--sampler", type=click.Choice(["random", "tpe"]), default="random", show_default=True,
-              help="How --random draws its points.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="The same for every trial, over the base config (repeatable).")
-@click.option("--storage", default=None, metavar="URL",
-              help="SQLAlchemy URL of the study [sqlite:///sweeps/NAME/study.db]; point several "
-                   "machines at one database to split the work.")
-@click.option("--prune", is_flag=True, help="Stop trials whose val accuracy falls below the median (MedianPruner).")
-@click.option("--prune-warmup", type=int, default=1, show_default=True,
-              help="Epochs of every trial that are never pruned.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the grid order / sampler.")
-@click.option("--sweeps-dir", type=click.Path(file_okay=False), default="sweeps", show_default=True)
-@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
-              help="Where the trials' run folders go [the base config's out_dir].")
-@click.option("--max-trials", type=int, default=None, help="Run at most this many trials in this process.")
-@click.option("--take-over-running", is_flag=True,
-              help="Also continue RUNNING trials of other hosts (only when their workers are dead).")
-def command(name, base_config, grid, n_random, ranges, sampler, sets, storage, prune, prune_warmup,
-            seed, sweeps_dir, out_dir, max_trials, take_over_running):
+@config_file_option(SweepConfig)
+@config_options(SweepConfig)
+def command(config_file: str | None, **flags: Any) -> None:
     """Train one run per grid point (or N sampled points) and tabulate them in sweeps/NAME/."""
     from pipeline.sweep.results import results_markdown
     from pipeline.sweep.spec import SweepSpec, parse_grid, parse_ranges, parse_sets
     from pipeline.sweep.study import run_sweep
 
+    cfg = resolve_config(SweepConfig, config_file, parse_flag_lists(SweepConfig, flags))
+    if not cfg.name:
+        raise PipelineError("sweep needs --name NAME, on the command line or in --config")
     spec = SweepSpec(
-        name=name, base_config=base_config, grid=parse_grid(grid), ranges=parse_ranges(ranges),
-        fixed=parse_sets(sets), n_random=n_random, sampler=sampler, seed=seed, prune=prune,
-        prune_warmup=prune_warmup, out_dir=out_dir,
+        name=cfg.name, base_config=cfg.base_config, grid=parse_grid(cfg.grid), ranges=parse_ranges(cfg.ranges),
+        fixed=parse_sets(cfg.sets), n_random=cfg.n_random, sampler=cfg.sampler, seed=cfg.seed, prune=cfg.prune,
+        prune_warmup=cfg.prune_warmup, out_dir=cfg.out_dir,
     )
-    rows = run_sweep(spec, storage=storage, sweeps_dir=sweeps_dir, take_over_running=take_over_running,
-                     max_trials=max_trials)
+    rows = run_sweep(spec, storage=cfg.storage, sweeps_dir=cfg.sweeps_dir, take_over_running=cfg.take_over_running,
+                     max_trials=cfg.max_trials, settings=config_dict(cfg))
     click.echo(results_markdown(rows, spec.keys, spec.name), nl=False)

@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from pipeline.artifacts import atomic_write_text, file_entry, write_manifest
+from pipeline.config import safe_url
 from pipeline.errors import PipelineError
 from pipeline.run_layout import LAST
 from pipeline.sweep import results
@@ -112,7 +113,7 @@ def open_storage(storage: str) -> optuna.storages.RDBStorage:
             optuna.get_all_study_summaries(rdb)  # connects: a wrong URL fails here, not mid-sweep
             return rdb
         except ImportError as e:  # no driver for this database: say which to install
-            raise PipelineError(f"--storage {_safe_url(storage)}: {e} (PostgreSQL: pip install 'psycopg[binary]')") \
+            raise PipelineError(f"--storage {safe_url(storage)}: {e} (PostgreSQL: pip install 'psycopg[binary]')") \
                 from None
         except Exception as e:  # SQLAlchemy/driver errors: name the URL, not a traceback
             # workers starting together on an empty database race to create its tables: the loser
@@ -121,7 +122,7 @@ def open_storage(storage: str) -> optuna.storages.RDBStorage:
                 time.sleep(1 + attempt)
                 continue
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise PipelineError(f"--storage {_safe_url(storage)}: cannot open ({first})") from None
+            raise PipelineError(f"--storage {safe_url(storage)}: cannot open ({first})") from None
     raise AssertionError("unreachable")
 
 
@@ -191,11 +192,13 @@ def run_sweep(
     take_over_running: bool = False,
     max_trials: int | None = None,
     train_fn: TrainFn | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run this worker's share of the sweep's remaining trials; returns the rows of the whole table.
 
     max_trials caps the trials this call runs (None: until the sweep is done). train_fn defaults
-    to pipeline.train.engine.run_training.
+    to pipeline.train.engine.run_training. settings: the command's resolved SweepConfig, saved in
+    the manifest.
     """
     started = time.time()
     sweep_dir = Path(sweeps_dir) / spec.name
@@ -225,12 +228,12 @@ def run_sweep(
         try:
             outcome = run_trial(study, trial, spec, run, out_dir, train_fn, resume=resume, overwrite=restart)
         finally:  # on Ctrl-C too: the table then shows the interrupted trial as RUNNING
-            rows = write_outputs(study, spec, sweep_dir, out_dir, storage, started)
+            rows = write_outputs(study, spec, sweep_dir, out_dir, storage, started, settings)
         outcomes.append(outcome)
         log.info(outcome.line(spec.keys))
     if outcomes and all(o.state == "FAIL" for o in outcomes):
         raise PipelineError(f"sweep {spec.name}: all {len(outcomes)} trials failed; first: {outcomes[0].error}")
-    rows = write_outputs(study, spec, sweep_dir, out_dir, storage, started)
+    rows = write_outputs(study, spec, sweep_dir, out_dir, storage, started, settings)
     log.info("sweep %s: %d trials in %s (%d run by this process, %.1fs)", spec.name, len(rows),
              sweep_dir / "results.md", len(outcomes), time.time() - started)
     return rows
@@ -290,7 +293,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, run: st
 
 
 def write_outputs(study: optuna.Study, spec: SweepSpec, sweep_dir: Path, out_dir: Path, storage: str,
-                  started: float) -> list[dict[str, Any]]:
+                  started: float, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """results.csv, results.md and manifest.json of the whole study (all workers' trials)."""
     rows = results.trial_rows(study.get_trials(deepcopy=False), spec.keys, out_dir, spec.name)
     atomic_write_text(sweep_dir / "results.csv", results.results_csv(rows, spec.keys))
@@ -303,20 +306,10 @@ def write_outputs(study: optuna.Study, spec: SweepSpec, sweep_dir: Path, out_dir
         sweep_dir, "sweep",
         inputs=[spec.base_config] if spec.base_config else [],
         outputs=[file_entry(sweep_dir / name, sweep_dir) for name in ("results.csv", "results.md")],
-        config={"name": spec.name, "storage": _safe_url(storage), "out_dir": str(out_dir), "n_trials": spec.n_trials,
-                "fixed": spec.fixed, **study_signature(spec)},
+        config={**(settings or {}), "name": spec.name, "storage": safe_url(storage), "out_dir": str(out_dir),
+                "n_trials": spec.n_trials, "fixed": spec.fixed, **study_signature(spec)},
         metrics={"trials": len(rows), "states": states, "best_run": best and best["run"],
                  "best_val_acc": best and best["best_val_acc"]},
         started=started, seed=spec.seed,
     )
     return rows
-
-
-def _safe_url(storage: str) -> str:
-    """The storage URL without its password, fit for a manifest."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(storage).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a parseable URL: keep only the scheme
-        return storage.split("://", 1)[0] + "://..." if "://" in storage else storage
