@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import click
 import torch
 from torch import nn
 
+from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
+from pipeline.config import resolve_config
 from pipeline.errors import PipelineError
 
 # Leaf modules that only pass their input through: no row in the table.
@@ -209,22 +212,29 @@ def natural_key(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+@dataclass
+class InfoConfig:
+    model: Optional[str] = setting(None, "Model name, e.g. resnet20 or timm:resnet18.", short="-m")
+    input: str = setting("3x32x32", "Input size CxHxW.")
+    model_opts: list[str] = setting([], "Model option (repeatable), e.g. --model-opt shortcut=B.", flag="--model-opt",
+                                    multiple=True, metavar="KEY=VALUE")
+    classes: int = setting(10, "Number of classes.", minimum=1)
+    json: bool = setting(False, "Print JSON instead of a table.")
+    zoo: bool = setting(False, "One row per registered model (default options) instead.")
+
+
 @click.command("info")
-@click.option("-m", "--model", "model_name", help="Model name, e.g. resnet20 or timm:resnet18.")
-@click.option("--input", "input_text", default="3x32x32", show_default=True, help="Input size CxHxW.")
-@click.option("--model-opt", "model_opts", multiple=True, metavar="KEY=VALUE",
-              help="Model option (repeatable), e.g. --model-opt shortcut=B.")
-@click.option("--classes", "num_classes", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Number of classes.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--zoo", is_flag=True, help="One row per registered model (default options) instead.")
-def command(model_name: str | None, input_text: str, model_opts: tuple[str, ...], num_classes: int,
-            as_json: bool, zoo: bool) -> None:
+@config_file_option(InfoConfig)
+@config_options(InfoConfig)
+def command(config_file: str | None, **flags: Any) -> None:
     """Per-layer output shapes, parameters and MACs (multiply-accumulates per image) of a model."""
     from pipeline.models import create_model, parse_model_opts
 
-    input_size = parse_input_size(input_text)
-    if zoo:
+    # info writes no file, so there is no resolved config to save: it prints only what it shows
+    cfg = resolve_config(InfoConfig, config_file, parse_flag_lists(InfoConfig, flags))
+    model_name, model_opts, num_classes, as_json = cfg.model, cfg.model_opts, cfg.classes, cfg.json
+    input_size = parse_input_size(cfg.input)
+    if cfg.zoo:
         if model_name or model_opts:
             raise click.UsageError("--zoo lists every model; drop --model/--model-opt")
         entries = zoo_summary(input_size, num_classes)

@@ -14,27 +14,48 @@ curves in one PNG and prints a markdown table of what differs between them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
+from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
+from pipeline.config import config_dict, resolve_config
+from pipeline.errors import PipelineError
+
+
+def _sections():
+    from pipeline.report.sections import SECTIONS
+    return list(SECTIONS)
+
+
+@dataclass
+class ReportConfig:
+    run: str = setting("", "Run folder name under --runs-dir (the command's argument).")
+    runs_dir: str = setting("checkpoints", "Where run folders live.")
+    device: str = setting("cpu", "auto, cpu, cuda or cuda:N.")
+    tsne_points: int = setting(1000, "Val images in the t-SNE maps.", minimum=5)
+    skip: list[str] = setting([], "Leave a section out (repeatable).", choices=_sections, multiple=True,
+                              metavar="SECTION")
+
 
 @click.command("report")
-@click.argument("run")
-@click.option("--runs-dir", default="checkpoints", show_default=True, help="Where run folders live.")
-@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--tsne-points", type=click.IntRange(min=5), default=1000, show_default=True,
-              help="Val images in the t-SNE maps.")
-@click.option("--skip", multiple=True, metavar="SECTION",
-              help="Leave a section out (repeatable): curves, confusion, mistakes, augmented, weights, tsne, params.")
-def command(run: str, runs_dir: str, device: str, tsne_points: int, skip: tuple[str, ...]) -> None:
+@click.argument("run", required=False)
+@config_file_option(ReportConfig)
+@config_options(ReportConfig, skip=("run",))
+def command(run: str | None, config_file: str | None, **flags: Any) -> None:
     """Write RUN/report.html: curves, LR, confusion, mistakes, augmentations, weights, t-SNE, params."""
     from pipeline.report.build import build_report
     from pipeline.report.runs import find_run
     from pipeline.runtime import resolve_device
 
-    run_dir = find_run(run, runs_dir)
-    result = build_report(run_dir, device=resolve_device(device), tsne_points=tsne_points, skip=skip)
+    cfg = resolve_config(ReportConfig, config_file, {**parse_flag_lists(ReportConfig, flags), "run": run})
+    if not cfg.run:
+        raise PipelineError("report needs RUN (a run folder under --runs-dir), as its argument or in --config")
+    run_dir = find_run(cfg.run, cfg.runs_dir)
+    result = build_report(run_dir, device=resolve_device(cfg.device), tsne_points=cfg.tsne_points,
+                          skip=tuple(cfg.skip), settings=config_dict(cfg))
     for name, why in result.skipped.items():
         click.echo(f"{name}: {why}")
     click.echo(f"wrote {result.page} and {len(result.figures)} figures in {run_dir / 'report'} "

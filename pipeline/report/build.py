@@ -5,6 +5,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text, building_dir, file_entry, write_manifest
 from pipeline.errors import PipelineError
@@ -32,7 +33,10 @@ def check_sections(names) -> list[str]:
     return list(names)
 
 
-def build_report(run_dir: Path, *, device, tsne_points: int = 1000, skip: tuple[str, ...] = ()) -> ReportResult:
+def build_report(run_dir: Path, *, device, tsne_points: int = 1000, skip: tuple[str, ...] = (),
+                 settings: dict[str, Any] | None = None) -> ReportResult:
+    """RUN/report.html and the figures in RUN/report/, whose manifest holds the command's resolved
+    ReportConfig (`settings`) under what this call used."""
     started = time.time()
     skip = check_sections(skip)
     ctx = RunContext(run_dir, device, tsne_points=tsne_points)
@@ -60,7 +64,7 @@ def build_report(run_dir: Path, *, device, tsne_points: int = 1000, skip: tuple[
             atomic_write_bytes(tmp / name, png)
         inputs = [p for p in (run_dir / BEST, run_dir / METRICS_CSV) if p.is_file()]
         write_manifest(tmp, "report", inputs=inputs, outputs=[file_entry(tmp / name, tmp) for name, _ in figures],
-                       config={"run": str(run_dir), "tsne_points": tsne_points, "skip": skip},
+                       config={**(settings or {}), "run": str(run_dir), "tsne_points": tsne_points, "skip": skip},
                        metrics={"section_seconds": timings}, started=started)
     html = page.render(ctx.name, _summary(ctx), built, ctx.config, REPORT_DIR)
     page_path = atomic_write_text(run_dir / REPORT_HTML, html)
