@@ -22,8 +22,9 @@ loader.set_epoch(epoch) before every epoch.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import torch
 
 from pipeline.augment.albu import WorkerTrainLoader, autoaugment_policy, lab_policy, randaugment_policy
 from pipeline.augment.batched import PolicyTrainLoader
@@ -94,20 +95,17 @@ def build_train_loader(
     labels: np.ndarray,
     *,
     policy: str = "standard",
-    batch_size: int = 128,
-    device: torch.device = torch.device("cpu"),
-    seed: int = 0,
-    drop_last: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
     workers: int = 2,
     cutout: int = 0,
     crop_pad: int = CROP_PAD,
     pad_mode: str = "zero",
     flip_mode: str = "random",
+    **batching: Any,
 ) -> TrainLoader:
     """A shuffled, augmented TrainLoader for `policy`.
 
+    batching: the fields of loaders.Batching (batch_size, device, seed, drop_last, rank, world_size),
+    passed through to the policy's loader as they are.
     workers: DataLoader processes for the per-sample policies (0 = in this process, for debugging);
     the batched policies ignore it. crop_pad, pad_mode (zero|reflect), flip_mode (random|alternate|none):
     the crop and flip of the standard policies; "none" also takes the mirror out of "lab" and
@@ -125,20 +123,10 @@ def build_train_loader(
             (CROP_PAD, "zero", "random"), (CROP_PAD, "zero", "none")):
         raise PipelineError(f"crop_pad/pad_mode/flip_mode are used by policies {', '.join(CROP_POLICIES)}, "
                             f"not '{policy}'")
-    return build(images, labels, cutout=cutout, workers=workers, crop=crop, batch_size=batch_size,
-                 device=torch.device(device), seed=seed, drop_last=drop_last, rank=rank,
-                 world_size=world_size)
+    return build(images, labels, cutout=cutout, workers=workers, crop=crop, **batching)
 
 
-def build_eval_loader(
-    images: np.ndarray,
-    labels: np.ndarray | None,
-    *,
-    batch_size: int = 512,
-    device: torch.device = torch.device("cpu"),
-    rank: int = 0,
-    world_size: int = 1,
-) -> EvalLoader:
-    """Unaugmented batches in the data's order; with world_size > 1 see EvalLoader.indices."""
-    return EvalLoader(images, labels, batch_size=batch_size, device=torch.device(device),
-                      rank=rank, world_size=world_size)
+def build_eval_loader(images: np.ndarray, labels: np.ndarray | None, **options: Any) -> EvalLoader:
+    """Unaugmented batches in the data's order (options: EvalLoader's batch_size, device, rank,
+    world_size); with world_size > 1 see EvalLoader.indices."""
+    return EvalLoader(images, labels, **options)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import random
 import sys
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.augment.loaders import EpochPlan, check_images, derive_seed
+from pipeline.augment.loaders import Batching, EpochPlan, check_images, derive_seed
 from pipeline.errors import PipelineError
 
 WORKER_TIMEOUT_S = 300  # per batch; healthy batches take well under a second
@@ -155,24 +155,21 @@ class WorkerTrainLoader:
         labels: np.ndarray,
         augment: Augmenter,
         *,
-        batch_size: int = 128,
-        device: torch.device = torch.device("cpu"),
-        seed: int = 0,
-        drop_last: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
         workers: int = 2,
+        **batching: Any,
     ):
+        """batching: the fields of Batching (batch_size, device, seed, drop_last, rank, world_size)."""
         check_images(images, labels, "train")
         if workers < 0:
             raise PipelineError(f"workers must be >= 0, got {workers}")
-        self.plan = EpochPlan(len(images), batch_size, seed, rank, world_size, drop_last)
+        options = Batching(**batching)
+        self.plan = options.plan(len(images))
         self.num_samples = self.plan.num_samples
-        self.device = torch.device(device)
+        self.device = torch.device(options.device)
         self.batches = EpochBatches(self.plan)
         pin = self.device.type == "cuda"
         self.loader = DataLoader(
-            AugmentedImages(images, labels, augment, seed),
+            AugmentedImages(images, labels, augment, options.seed),
             batch_sampler=self.batches,
             collate_fn=_whole_batch,
             num_workers=workers,
@@ -183,7 +180,7 @@ class WorkerTrainLoader:
             timeout=WORKER_TIMEOUT_S if workers else 0,
             # DataLoader seeds its workers from this, not from torch's global RNG, so building an
             # iterator each epoch leaves the training loop's random stream alone.
-            generator=torch.Generator().manual_seed(derive_seed(seed, rank)),
+            generator=torch.Generator().manual_seed(derive_seed(options.seed, options.rank)),
         )
         self._non_blocking = pin
 

@@ -9,12 +9,12 @@ thread of a shared 2-core Xeon); the result does not depend on the chunking (per
 """
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
 
-from pipeline.augment.loaders import DeviceTrainLoader
+from pipeline.augment.loaders import Batching, DeviceTrainLoader
 from pipeline.runtime import nhwc_to_nchw
 
 CHUNK_IMAGES = 512
@@ -30,11 +30,9 @@ class BatchedPolicy(Protocol):
 class PolicyTrainLoader(DeviceTrainLoader):
     """TrainLoader that augments each batch on the device with a BatchedPolicy."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, policy: BatchedPolicy, *,
-                 batch_size: int = 128, device: torch.device = torch.device("cpu"), seed: int = 0,
-                 drop_last: bool = True, rank: int = 0, world_size: int = 1):
-        super().__init__(images, labels, batch_size=batch_size, device=device, seed=seed,
-                         drop_last=drop_last, rank=rank, world_size=world_size)
+    def __init__(self, images: np.ndarray, labels: np.ndarray, policy: BatchedPolicy, **batching: Any):
+        """batching: the fields of Batching (batch_size, device, seed, drop_last, rank, world_size)."""
+        super().__init__(images, labels, Batching(**batching))
         self.policy = policy
         self.chunk = max(1, CHUNK_IMAGES // self.plan.batch_size) * self.plan.batch_size
         self.images = nhwc_to_nchw(np.ascontiguousarray(images)).to(self.device)

@@ -12,12 +12,12 @@ Cutout multiplies by a broadcast keep-mask (3x faster here than masked_fill_).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from pipeline.augment.loaders import DeviceTrainLoader, derive_seed
+from pipeline.augment.loaders import Batching, DeviceTrainLoader, derive_seed
 from pipeline.errors import PipelineError
 
 
@@ -113,15 +113,10 @@ class FastTrainLoader(DeviceTrainLoader):
         cutout: int = 0,
         pad_mode: str = "zero",
         flip_mode: str = "random",
-        batch_size: int = 128,
-        device: torch.device = torch.device("cpu"),
-        seed: int = 0,
-        drop_last: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
+        **batching: Any,
     ):
-        super().__init__(images, labels, batch_size=batch_size, device=device, seed=seed,
-                         drop_last=drop_last, rank=rank, world_size=world_size)
+        """batching: the fields of Batching (batch_size, device, seed, drop_last, rank, world_size)."""
+        super().__init__(images, labels, Batching(**batching))
         if pad < 0 or cutout < 0:
             raise PipelineError(f"crop padding and cutout size must be >= 0, got {pad} and {cutout}")
         if flip_mode not in FLIP_MODES:
@@ -133,7 +128,7 @@ class FastTrainLoader(DeviceTrainLoader):
         self.base_flip = None
         if flip and flip_mode == "alternate":
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(derive_seed(seed, 0, 0))  # the same bits on every rank and epoch
+            generator.manual_seed(derive_seed(self.plan.seed, 0, 0))  # the same bits on every rank and epoch
             self.base_flip = torch.randint(2, (len(images),), generator=generator, device=self.device)
 
     def _draw(self, count: int) -> dict[str, torch.Tensor]:

@@ -114,16 +114,31 @@ class EpochPlan:
         return order[self.rank : total : self.world_size][: self.num_samples]
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How every training loader batches and shards, whatever its policy: spelled once here, and
+    passed through by build_train_loader and the loaders as keywords (batch_size=..., seed=...)."""
+
+    batch_size: int = 128
+    device: torch.device | str = "cpu"
+    seed: int = 0
+    drop_last: bool = True
+    rank: int = 0
+    world_size: int = 1
+
+    def plan(self, num_items: int) -> EpochPlan:
+        return EpochPlan(num_items, self.batch_size, self.seed, self.rank, self.world_size, self.drop_last)
+
+
 class DeviceTrainLoader:
     """Base of the batched TrainLoaders (dataset on the device): the EpochPlan, the epoch, the labels
     on the device, and each epoch's generator there, seeded by (seed, epoch, rank)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, device: torch.device,
-                 seed: int, drop_last: bool, rank: int, world_size: int):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batching: Batching):
         check_images(images, labels, "train")
-        self.plan = EpochPlan(len(images), batch_size, seed, rank, world_size, drop_last)
+        self.plan = batching.plan(len(images))
         self.num_samples = self.plan.num_samples
-        self.device = torch.device(device)
+        self.device = torch.device(batching.device)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
         self.epoch = 0
 
