@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 import click
 
-from pipeline.config import field_choices, unwrap_optional
+from pipeline.config import field_choices, resolve_config, unwrap_optional
 from pipeline.errors import PipelineError
 from pipeline.registry import Registry
 
@@ -125,3 +125,21 @@ def config_file_option(cls: type, example: str = "") -> Callable[[Callable], Cal
     """--config FILE: every stage's YAML of its config keys, under the flags given."""
     return click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
                         help=f"YAML file of {cls.__name__} keys (flags given override it){example}.")
+
+
+def stage_options(cls: type, argument: str | None = None, example: str = "",
+                  **argument_kwargs: Any) -> Callable[[Callable], Callable]:
+    """Every stage's command line from its config dataclass: an optional positional `argument` (a
+    field of `cls`), --config FILE, then a flag per other field. The command receives
+    `config_file` and the rest as **flags, for resolve_flags."""
+    def decorate(fn: Callable) -> Callable:
+        fn = config_options(cls, skip=(argument,) if argument else ())(fn)
+        fn = config_file_option(cls, example)(fn)
+        return click.argument(argument, **argument_kwargs)(fn) if argument else fn
+
+    return decorate
+
+
+def resolve_flags(cls: type, config_file: str | None, flags: dict[str, Any]) -> Any:
+    """The stage's config: `cls` defaults < the --config YAML < the flags (and argument) given."""
+    return resolve_config(cls, config_file, parse_flag_lists(cls, flags))

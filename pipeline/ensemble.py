@@ -24,8 +24,8 @@ import click
 import numpy as np
 
 from pipeline.artifacts import file_entry, load_npy, read_json, sha256_file, write_manifest
-from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
-from pipeline.config import config_dict, resolve_config
+from pipeline.cli_config import resolve_flags, setting, stage_options
+from pipeline.config import config_dict
 from pipeline.data.dataset import lineage_changes
 from pipeline.errors import PipelineError
 from pipeline.registry import Registry
@@ -285,11 +285,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 
 @click.command("ensemble")
-@click.argument("runs", nargs=-1, required=True)
-@config_file_option(EnsembleConfig)
-@config_options(EnsembleConfig, skip=("runs",))
-def command(runs: tuple[str, ...], config_file: str | None, **flags: Any) -> None:
+@stage_options(EnsembleConfig, argument="runs", nargs=-1, required=True)
+def command(config_file: str | None, **flags: Any) -> None:
     """Blend runs' saved logits; write predictions.csv and its ensemble manifest."""
-    cfg = resolve_config(EnsembleConfig, config_file, {**parse_flag_lists(EnsembleConfig, flags), "runs": list(runs)})
+    cfg = resolve_flags(EnsembleConfig, config_file, flags)
     for line in summary_lines(run_ensemble(cfg)):
         click.echo(line)

@@ -22,8 +22,7 @@ import click
 import torch
 from torch import nn
 
-from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
-from pipeline.config import resolve_config
+from pipeline.cli_config import resolve_flags, setting, stage_options
 from pipeline.errors import PipelineError
 
 # Leaf modules that only pass their input through: no row in the table.
@@ -224,14 +223,13 @@ class InfoConfig:
 
 
 @click.command("info")
-@config_file_option(InfoConfig)
-@config_options(InfoConfig)
+@stage_options(InfoConfig)
 def command(config_file: str | None, **flags: Any) -> None:
     """Per-layer output shapes, parameters and MACs (multiply-accumulates per image) of a model."""
     from pipeline.models import create_model, parse_model_opts
 
     # info writes no file, so there is no resolved config to save: it prints only what it shows
-    cfg = resolve_config(InfoConfig, config_file, parse_flag_lists(InfoConfig, flags))
+    cfg = resolve_flags(InfoConfig, config_file, flags)
     model_name, model_opts, num_classes, as_json = cfg.model, cfg.model_opts, cfg.classes, cfg.json
     input_size = parse_input_size(cfg.input)
     if cfg.zoo:

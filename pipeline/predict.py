@@ -30,8 +30,8 @@ import torch
 from pipeline import flips, tta
 from pipeline.artifacts import atomic_save_npy, sha256_file, write_manifest
 from pipeline.checkpoint import build_model, load_checkpoint
-from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
-from pipeline.config import config_dict, resolve_config
+from pipeline.cli_config import resolve_flags, setting, stage_options
+from pipeline.config import config_dict
 from pipeline.data.dataset import PreparedData, lineage_changes, load_prepared
 from pipeline.errors import PipelineError
 from pipeline.run_layout import (BEST, LAST, MANIFEST, OUTPUTS, PREDICT_JSON, TEST_IDS, TEST_LOGITS, VAL_IDS,
@@ -52,7 +52,7 @@ class PredictConfig:
     runs_dir: str = setting("checkpoints", "Where runs live.")
     tta: list[str] = setting([], f"TTA level(s) to score: {', '.join(tta.TTA_LEVELS.names())}; a comma list, the "
                                  "most complete is saved (unset: flip where the data's meta.json says a mirror "
-                                 "keeps the label, else none).", metavar="LEVEL[,LEVEL]")
+                                 "keeps the label, else none).", metavar="LEVEL[,LEVEL]", multiple=True)
     checkpoint: str = setting("best", "best: best.pt (EMA weights if training kept an EMA); last: last.pt; ema: "
                                       "last.pt's EMA weights.", choices=tuple(CHECKPOINTS))
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
@@ -271,14 +271,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 
 @click.command("predict")
-@config_file_option(PredictConfig)
-@config_options(PredictConfig, skip=("tta",))
-@click.option("--tta", multiple=True, metavar="LEVEL[,LEVEL]",  # repeatable as well as a comma list
-              help=PredictConfig.__dataclass_fields__["tta"].metadata["help"])
+@stage_options(PredictConfig)
 def command(config_file: str | None, **flags: Any) -> None:
     """Write a run's val/test logits (with TTA) and print val accuracy per TTA level."""
+    # --tta is repeatable as well as a comma list
     flags["tta"] = [level for given in flags["tta"] for level in given.split(",") if level.strip()] or None
-    cfg = resolve_config(PredictConfig, config_file, parse_flag_lists(PredictConfig, flags))
+    cfg = resolve_flags(PredictConfig, config_file, flags)
     if not cfg.run:
         raise PipelineError("predict needs --run RUN (a run folder under --runs-dir), on the command line or in --config")
     result = run_predict(dataclasses.replace(cfg, tta=tta.parse_levels(cfg.tta) if cfg.tta else []))

@@ -27,8 +27,8 @@ import click
 
 from pipeline import kaggle_api
 from pipeline.artifacts import atomic_write_text, git_sha, read_json, sha256_file
-from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
-from pipeline.config import config_dict, resolve_config
+from pipeline.cli_config import resolve_flags, setting, stage_options
+from pipeline.config import config_dict
 from pipeline.errors import PipelineError
 from pipeline.submission import (
     read_table, report, resolve_references, score_against_answers, sidecar_path, validate_predictions,
@@ -264,11 +264,9 @@ def _local_score(file: Path, root: Path, meta: dict[str, Any] | None) -> tuple[f
 
 
 @click.command("submit")
-@click.argument("file", required=False)
-@config_file_option(SubmitConfig)
-@config_options(SubmitConfig, skip=("file",))
-def command(file: str | None, config_file: str | None, **flags: Any) -> None:
+@stage_options(SubmitConfig, argument="file", required=False)
+def command(config_file: str | None, **flags: Any) -> None:
     """Validate FILE (default submissions/predictions.csv) and submit it to Kaggle."""
-    cfg = resolve_config(SubmitConfig, config_file, {**parse_flag_lists(SubmitConfig, flags), "file": file})
+    cfg = resolve_flags(SubmitConfig, config_file, flags)
     log.debug("submit config: %s", config_dict(cfg))
     run_submit(cfg)

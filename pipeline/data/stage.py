@@ -20,8 +20,8 @@ import numpy as np
 
 from pipeline import flips
 from pipeline.artifacts import atomic_write_json, file_entry, write_manifest
-from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
-from pipeline.config import check_fields, config_dict, resolve_config
+from pipeline.cli_config import resolve_flags, setting, stage_options
+from pipeline.config import check_fields, config_dict
 from pipeline.data.fetch import raw_entry
 from pipeline.data.folders import building_dir, recover, scratch_dir
 from pipeline.data.images import channel_stats, default_workers
@@ -304,14 +304,13 @@ def summary(meta: dict[str, Any], folder: Path) -> str:
 
 
 @click.command("data")
-@config_file_option(DataConfig)
-@config_options(DataConfig)
-def command(config_file: str | None, **overrides: Any) -> None:
+@stage_options(DataConfig)
+def command(config_file: str | None, **flags: Any) -> None:
     """Fetch a competition's raw files and write canonical arrays, split and meta.json.
 
     Built in (no --source needed): cifar10 (the official python archive, MD5-checked),
     fashion-mnist (torchvision's mirror), digits (scikit-learn's bundled copy, offline).
     """
-    cfg = resolve_config(DataConfig, config_file, parse_flag_lists(DataConfig, overrides))
+    cfg = resolve_flags(DataConfig, config_file, flags)
     meta = run(cfg)
     click.echo(summary(meta, Path(cfg.data_root) / cfg.competition))

@@ -24,8 +24,8 @@ from typing import Any, Optional
 
 import click
 
-from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
-from pipeline.config import config_dict, resolve_config, safe_url
+from pipeline.cli_config import resolve_flags, setting, stage_options
+from pipeline.config import config_dict, safe_url
 from pipeline.errors import PipelineError
 from pipeline.lab.store import RESULTS_DIR, machine
 from pipeline.run_layout import REPORT_HTML
@@ -94,14 +94,12 @@ class LabConfig:
 
 
 @click.command("lab")
-@click.argument("name", required=False)
-@config_file_option(LabConfig)
-@config_options(LabConfig, skip=("name",))
-def command(name: str | None, config_file: str | None, **flags: Any) -> None:
+@stage_options(LabConfig, argument="name", required=False)
+def command(config_file: str | None, **flags: Any) -> None:
     """Run a course lab's experiments and put our numbers beside the report's."""
     from pipeline.lab.spec import list_labs
 
-    cfg = resolve_config(LabConfig, config_file, {**parse_flag_lists(LabConfig, flags), "name": name})
+    cfg = resolve_flags(LabConfig, config_file, flags)
     if cfg.list_only:
         _list_labs(cfg)
         return

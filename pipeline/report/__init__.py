@@ -20,8 +20,8 @@ from typing import Any
 
 import click
 
-from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
-from pipeline.config import config_dict, resolve_config
+from pipeline.cli_config import resolve_flags, setting, stage_options
+from pipeline.config import config_dict
 from pipeline.errors import PipelineError
 
 
@@ -41,16 +41,14 @@ class ReportConfig:
 
 
 @click.command("report")
-@click.argument("run", required=False)
-@config_file_option(ReportConfig)
-@config_options(ReportConfig, skip=("run",))
-def command(run: str | None, config_file: str | None, **flags: Any) -> None:
+@stage_options(ReportConfig, argument="run", required=False)
+def command(config_file: str | None, **flags: Any) -> None:
     """Write RUN/report.html: curves, LR, confusion, mistakes, augmentations, weights, t-SNE, params."""
     from pipeline.report.build import build_report
     from pipeline.report.runs import find_run
     from pipeline.runtime import resolve_device
 
-    cfg = resolve_config(ReportConfig, config_file, {**parse_flag_lists(ReportConfig, flags), "run": run})
+    cfg = resolve_flags(ReportConfig, config_file, flags)
     if not cfg.run:
         raise PipelineError("report needs RUN (a run folder under --runs-dir), as its argument or in --config")
     run_dir = find_run(cfg.run, cfg.runs_dir)

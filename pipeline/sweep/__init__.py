@@ -21,8 +21,8 @@ from typing import Any, Optional
 
 import click
 
-from pipeline.cli_config import config_file_option, config_options, parse_flag_lists, setting
-from pipeline.config import config_dict, resolve_config
+from pipeline.cli_config import resolve_flags, setting, stage_options
+from pipeline.config import config_dict
 from pipeline.errors import PipelineError
 
 
@@ -52,15 +52,14 @@ class SweepConfig:
 
 
 @click.command("sweep")
-@config_file_option(SweepConfig)
-@config_options(SweepConfig)
+@stage_options(SweepConfig)
 def command(config_file: str | None, **flags: Any) -> None:
     """Train one run per grid point (or N sampled points) and tabulate them in sweeps/NAME/."""
     from pipeline.sweep.results import results_markdown
     from pipeline.sweep.spec import SweepSpec, parse_grid, parse_ranges, parse_sets
     from pipeline.sweep.study import run_sweep
 
-    cfg = resolve_config(SweepConfig, config_file, parse_flag_lists(SweepConfig, flags))
+    cfg = resolve_flags(SweepConfig, config_file, flags)
     if not cfg.name:
         raise PipelineError("sweep needs --name NAME, on the command line or in --config")
     spec = SweepSpec(

@@ -10,16 +10,14 @@ from typing import Any
 
 import click
 
-from pipeline.cli_config import config_file_option, config_options, parse_flag_lists
-from pipeline.config import resolve_config
+from pipeline.cli_config import resolve_flags, stage_options
 from pipeline.train.config import TrainConfig
 
 
 @click.command("train")
-@config_file_option(TrainConfig, example=", e.g. configs/resnet20-paper.yaml")
+@stage_options(TrainConfig, example=", e.g. configs/resnet20-paper.yaml")
 @click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
               help="Model option, repeatable (e.g. --model-opt bn=true --model-opt dropout=0.3).")
-@config_options(TrainConfig)
 def command(config_file: str | None, model_opt: tuple[str, ...], **flags: Any) -> None:
     """Train a model on a prepared data folder; checkpoints, metrics and curves go to OUT_DIR/RUN.
 
@@ -28,7 +26,7 @@ def command(config_file: str | None, model_opt: tuple[str, ...], **flags: Any) -
     from pipeline.models import parse_model_opts
     from pipeline.train.engine import run_training
 
-    cfg = resolve_config(TrainConfig, config_file, parse_flag_lists(TrainConfig, flags))
+    cfg = resolve_flags(TrainConfig, config_file, flags)
     if model_opt:  # flags add to (and override) the YAML's model_opts rather than replacing them
         cfg = dataclasses.replace(cfg, model_opts={**cfg.model_opts, **parse_model_opts(model_opt)})
     summary = run_training(cfg)
