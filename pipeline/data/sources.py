@@ -99,13 +99,30 @@ def _basenames(tree: FileTree) -> dict[str, str]:
     return {_base(n): n for n in tree.names()}
 
 
+class _KnownFiles:
+    """A built-in source: recognised by its files (all of one of `markers`, sets of base names) and
+    downloaded by `download(ctx) -> (tree, details)` when no source is given; `read` ingests the tree."""
+
+    markers: tuple[frozenset[str], ...] = ()
+
+    @classmethod
+    def detect(cls, tree: FileTree) -> bool:
+        names = set(_basenames(tree))
+        return any(marker <= names for marker in cls.markers)
+
+    @classmethod
+    def load(cls, ctx: FetchContext, tree: FileTree | None) -> Ingested:
+        tree, details = cls.download(ctx) if tree is None else (tree, {})
+        return cls.read(tree, details)
+
+
 # ----------------------------------------------------------------------------------- CIFAR-10
 
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 
 @SOURCES.register("cifar10")
-class Cifar10Python:
+class Cifar10Python(_KnownFiles):
     """The CIFAR-10 python archive, or its extracted cifar-10-batches-py/ folder.
 
     A course test pickle beside the batches (e.g. cifar_test_nolabels.pkl) becomes the test set,
@@ -113,17 +130,14 @@ class Cifar10Python:
     1..10000, and its labels only the withheld answer key.
     """
 
-    @staticmethod
-    def detect(tree: FileTree) -> bool:
-        names = _basenames(tree)
-        return "batches.meta" in names and "data_batch_1" in names
+    markers = (frozenset({"batches.meta", "data_batch_1"}),)
 
     @staticmethod
-    def load(ctx: FetchContext, tree: FileTree | None) -> Ingested:
-        details = {}
-        if tree is None:
-            tree = ctx.open(ctx.fetch(CIFAR10_URL, md5=CIFAR10_MD5))
-            details = {"url": CIFAR10_URL, "md5": CIFAR10_MD5}
+    def download(ctx: FetchContext) -> tuple[FileTree, dict]:
+        return ctx.open(ctx.fetch(CIFAR10_URL, md5=CIFAR10_MD5)), {"url": CIFAR10_URL, "md5": CIFAR10_MD5}
+
+    @staticmethod
+    def read(tree: FileTree, details: dict) -> Ingested:
         batch_dir = _cifar_batch_dir(tree)
         classes = pickles.read_meta(*_member(tree, batch_dir + "batches.meta"))
         parts = [pickles.read_batch(*_member(tree, batch_dir + b)) for b in CIFAR_TRAIN_BATCHES]
@@ -183,22 +197,19 @@ IDX_IMAGES, IDX_LABELS = 0x0803, 0x0801
 
 
 @SOURCES.register("fashion-mnist")
-class FashionMnist:
+class FashionMnist(_KnownFiles):
     """Fashion-MNIST's four idx files (gzipped or not): 28 x 28 gray, 60,000 train / 10,000 test."""
 
-    @staticmethod
-    def detect(tree: FileTree) -> bool:
-        names = _basenames(tree)
-        return "train-images-idx3-ubyte.gz" in names or "train-images-idx3-ubyte" in names
+    markers = (frozenset({"train-images-idx3-ubyte.gz"}), frozenset({"train-images-idx3-ubyte"}))
 
     @staticmethod
-    def load(ctx: FetchContext, tree: FileTree | None) -> Ingested:
-        details = {}
-        if tree is None:
-            for name, md5 in FASHION_MNIST_FILES.items():
-                ctx.fetch(FASHION_MNIST_MIRROR + name, md5=md5)
-            tree = ctx.open(ctx.raw_dir, label="raw")
-            details = {"url": FASHION_MNIST_MIRROR}
+    def download(ctx: FetchContext) -> tuple[FileTree, dict]:
+        for name, md5 in FASHION_MNIST_FILES.items():
+            ctx.fetch(FASHION_MNIST_MIRROR + name, md5=md5)
+        return ctx.open(ctx.raw_dir, label="raw"), {"url": FASHION_MNIST_MIRROR}
+
+    @staticmethod
+    def read(tree: FileTree, details: dict) -> Ingested:
         names = _basenames(tree)
 
         def idx(stem: str, magic: int) -> np.ndarray:
