@@ -1,12 +1,12 @@
 """CIFAR pickles are read by a restricted unpickler: real formats load, anything else is refused."""
 from __future__ import annotations
 
-import os
 import pickle
 
 import numpy as np
 import pytest
-from helpers_data import CIFAR_CLASSES, cifar_batch, cifar_images, course_test_pickle, nhwc_to_rows, py2_pickle
+from helpers_data import (CIFAR_CLASSES, EvilPickle, cifar_batch, cifar_images, course_test_pickle, nhwc_to_rows,
+                          py2_pickle)
 
 from pipeline.data import pickles
 from pipeline.errors import PipelineError
@@ -35,17 +35,9 @@ def test_meta_gives_class_names():
     assert pickles.read_meta(data, "batches.meta") == CIFAR_CLASSES
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_malicious_pickle_is_refused_and_never_run(tmp_path):
     marker = tmp_path / "pwned"
-    payload = pickle.dumps({b"data": _Evil(marker), b"labels": []}, protocol=2)
+    payload = pickle.dumps({b"data": EvilPickle(marker), b"labels": []}, protocol=2)
     with pytest.raises(PipelineError, match=r"^data_batch_1: refused to unpickle: it asks for '(posix|os)\.system'"):
         pickles.read_batch(payload, "data_batch_1")
     assert not marker.exists()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import pickle
 import re
 import shutil
@@ -14,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from helpers_data import (
     CIFAR_CLASSES,
+    EvilPickle,
     course_test_pickle,
     idx_bytes,
     kaggle_files,
@@ -112,18 +112,10 @@ def test_test_source_flag_replaces_the_test_set(tmp_path):
     assert sorted(e["path"] for e in meta["raw_inputs"]) == ["raw/cifar-10-python.tar.gz", "raw/cifar_test_nolabel.pkl"]
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_malicious_batch_inside_a_folder_is_refused(tmp_path):
     made = make_cifar_folder(tmp_path / "src")
     marker = tmp_path / "pwned"
-    (made["folder"] / "data_batch_3").write_bytes(pickle.dumps({b"data": _Evil(marker)}, protocol=2))
+    (made["folder"] / "data_batch_3").write_bytes(pickle.dumps({b"data": EvilPickle(marker)}, protocol=2))
     with pytest.raises(PipelineError, match=r"data_batch_3: refused to unpickle: it asks for '(posix|os)\.system'"):
         run(_cfg(tmp_path, source=str(tmp_path / "src")))
     assert not marker.exists() and not (tmp_path / "data" / "c10").exists()
