@@ -1,9 +1,9 @@
 """`make leaderboard`: the recipes that fit this machine, each end to end, plus their greedy ensemble.
 
 Each (recipe, seed) is one `bench/quality.py` run (data -> train -> predict with every TTA level ->
-validate) into checkpoints/lb-<recipe>-s<seed>; a run whose figures exist for the same config file
-(sha256) and whose predictions are on disk is reused, so an interrupted leaderboard continues.
-Then every run is blended with Caruana's greedy selection (`pipeline ensemble --select greedy`).
+validate, the Makefile's stages) into checkpoints/lb-<recipe>-s<seed>; make decides what is stale,
+so a run it finds up to date keeps its figures and an interrupted leaderboard continues. Then every
+run is blended with Caruana's greedy selection (`make ensemble ENSEMBLE_ARGS="--select greedy"`).
 Greedy selection fits its weights on val, so its val accuracy flatters it; the table also gives a
 cross-fitted figure (select on one half of val, score on the other, both ways) and says plainly
 whether that beats the best single run.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import statistics
 import subprocess
 import sys
@@ -24,14 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.chain import REPO, Chain
 from bench.machine import machine_summary
-from bench.quality import settings_sha256
-from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json, sha256_file
+from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json
 from pipeline.ensemble import combine, correct_count
 from pipeline.info import markdown_table
-from pipeline.run_layout import PREDICT_JSON, VAL_LABELS, VAL_LOGITS
-
-REPO = Path(__file__).resolve().parents[1]
+from pipeline.run_layout import VAL_LABELS, VAL_LOGITS
 
 # PATH[:SEEDS]: airbench94's target is a mean over 2 seeds at least; a GPU runs 5 of everything.
 CPU_RECIPES = ("configs/airbench94.yaml:2", "configs/airbench94-muon.yaml", "configs/resnet20-cpu-quality.yaml")
@@ -45,23 +42,12 @@ def run_name(config: str, seed: int) -> str:
 
 
 def run_recipe(args, config: str, seed: int, results_dir: Path) -> dict:
+    """The recipe's figures: quality.py runs what make finds stale (nothing when all is up to date)."""
     run = run_name(config, seed)
     out = results_dir / f"{run}.json"
-    if out.is_file() and not args.rerun:
-        result = read_json(out)
-        settings = settings_sha256(REPO / config)
-        # Same settings (older figures carry only the file's sha256: then the file must be unchanged).
-        same = (result.get("settings_sha256") == settings if "settings_sha256" in result
-                else result.get("config_sha256") == sha256_file(REPO / config))
-        if same and (REPO / args.runs_dir / run / PREDICT_JSON).is_file():
-            if "settings_sha256" not in result:
-                result["settings_sha256"] = settings  # recorded now, while the file still matches
-                atomic_write_json(out, result)
-            print(f"== {run}: figures of {result['date']} reused ({out})", flush=True)
-            return result
     cmd = [sys.executable, "-m", "bench.quality", "--source", args.source, "--config", config,
            "--seed", str(seed), "--run", run, "--out", str(out), "--runs-dir", args.runs_dir,
-           "--tta", args.tta]
+           "--tta", args.tta, *(["--rerun"] if args.rerun else [])]
     print(f"\n== {run}: {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
     return read_json(out)
@@ -69,8 +55,8 @@ def run_recipe(args, config: str, seed: int, results_dir: Path) -> dict:
 
 def ensemble(args, runs: list[str]) -> dict:
     out = REPO / "submissions" / "leaderboard-predictions.csv"
-    subprocess.run([sys.executable, "-m", "pipeline", "ensemble", *runs, "--runs-dir", args.runs_dir,
-                    "--select", "greedy", "--rounds", str(args.rounds), "--out", str(out)], cwd=REPO, check=True)
+    Chain({"RUNS": " ".join(runs), "RUNS_DIR": args.runs_dir, "SUBMISSION": str(out.relative_to(REPO)),
+           "ENSEMBLE_ARGS": f"--select greedy --rounds {args.rounds}"}).run("ensemble")
     sidecar = read_json(out.with_name(out.stem + ".ensemble.json"))
     folders = [REPO / args.runs_dir / run for run in runs]
     labels = np.load(folders[0] / VAL_LABELS)
@@ -85,6 +71,11 @@ def ensemble(args, runs: list[str]) -> dict:
 
 def pct(value) -> str:
     return f"{100 * value:.2f}" if value is not None else "-"
+
+
+def whole(value) -> str:
+    # a stage make found up to date on a run's first figures has no seconds: "-"
+    return f"{value:.0f}" if value is not None else "-"
 
 
 def recipe_rows(results: list[dict]) -> list[list[str]]:
@@ -103,9 +94,9 @@ def recipe_rows(results: list[dict]) -> list[list[str]]:
             pct(mean(g["tta_val_acc"].get("none") for g in group)),
             pct(mean(g["tta_val_acc"].get("flip") for g in group)),
             f"{pct(mean(g['tta_val_acc'][best_level] for g in group))} ({best_level})",
-            f"{mean(g['seconds']['train'] for g in group):.0f}",
-            f"{mean(g['seconds']['predict'] for g in group):.0f}",
-            f"{mean(g['train_img_per_s'] for g in group):.0f}",
+            whole(mean(g["seconds"].get("train") for g in group)),
+            whole(mean(g["seconds"].get("predict") for g in group)),
+            whole(mean(g["train_img_per_s"] for g in group)),
         ])
     return rows
 
@@ -148,7 +139,7 @@ def main() -> None:
     parser.add_argument("--tta", default="none,flip,flip+shift,airbench")
     parser.add_argument("--rounds", type=int, default=20, help="greedy selection rounds")
     parser.add_argument("--runs-dir", default="checkpoints")
-    parser.add_argument("--rerun", action="store_true", help="retrain even where figures exist")
+    parser.add_argument("--rerun", action="store_true", help="retrain even where make finds a run up to date")
     parser.add_argument("--no-readme", dest="readme", action="store_false")
     args = parser.parse_args()
 
