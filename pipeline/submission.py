@@ -16,12 +16,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import click
 import numpy as np
 
 from pipeline.artifacts import atomic_write_text, read_json
+from pipeline.cli_config import resolve_flags, setting, stage_options
 from pipeline.errors import PipelineError
 
 MAX_PRINTED = 50  # problems printed in full; a broken 300k-row file should not flood the terminal
@@ -266,15 +267,24 @@ def report(file: str | os.PathLike, problems: list[Problem], rows: int) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class ValidateConfig:
+    file: str = setting("", "The predictions CSV (the command's argument).")
+    data: Optional[str] = setting(None, "Prepared data folder (meta.json + sample submission); default: from "
+                                        "FILE's ensemble manifest.")
+    sample: Optional[str] = setting(None, "The competition's sample submission (default: the data folder's).",
+                                    metavar="FILE")
+
+
 @click.command("validate")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--data", "data", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Prepared data folder (meta.json + sample submission); default: from FILE's ensemble manifest.")
-@click.option("--sample", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The competition's sample submission (default: the data folder's).")
-def validate_command(file: Path, data: Path | None, sample: Path | None) -> None:
+@stage_options(ValidateConfig, argument="file", required=False)
+def validate_command(config_file: str | None, **flags: Any) -> None:
     """Check a predictions CSV against the competition's sample submission."""
-    sample_sub, labels, _ = resolve_references(file, data, sample)
+    cfg = resolve_flags(ValidateConfig, config_file, flags)
+    if not cfg.file:
+        raise PipelineError("validate needs FILE (a predictions CSV), as its argument or in --config")
+    file = Path(cfg.file)
+    sample_sub, labels, _ = resolve_references(file, cfg.data and Path(cfg.data), cfg.sample and Path(cfg.sample))
     problems = validate_predictions(file, sample_sub, labels)
     click.echo(report(file, problems, len(sample_sub.ids)))
     if labels is None:

@@ -29,12 +29,18 @@ STAGE_CONFIGS = {
     "lab": "pipeline.lab:LabConfig",
     "report": "pipeline.report:ReportConfig",
     "info": "pipeline.info:InfoConfig",
+    "validate": "pipeline.submission:ValidateConfig",
+    "compare": "pipeline.report:CompareConfig",
 }
 
 
 def _load(spec: str):
     module, attr = spec.split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def test_every_command_has_a_config_dataclass():
+    assert sorted(STAGE_CONFIGS) == sorted(COMMANDS)
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_CONFIGS))

@@ -60,15 +60,21 @@ def command(config_file: str | None, **flags: Any) -> None:
                f"in {result.seconds:.1f}s")
 
 
+@dataclass
+class CompareConfig:
+    runs: list[str] = setting([], "Run folder names under --runs-dir (the command's arguments).")
+    runs_dir: str = setting("checkpoints", "Where run folders live.")
+    out: str = setting("compare.png", "Overlay figure; the table also goes to the same name with .md.",
+                       metavar="FILE")
+
+
 @click.command("compare")
-@click.argument("runs", nargs=-1, required=True)
-@click.option("--runs-dir", default="checkpoints", show_default=True, help="Where run folders live.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("compare.png"),
-              show_default=True, help="Overlay figure; the table also goes to the same name with .md.")
-def compare_command(runs: tuple[str, ...], runs_dir: str, out: Path) -> None:
+@stage_options(CompareConfig, argument="runs", nargs=-1, required=True)
+def compare_command(config_file: str | None, **flags: Any) -> None:
     """Overlay runs' val accuracy and train loss, and tabulate them (run, model, key config, best)."""
     from pipeline.report.compare import compare_runs
 
-    table, figure = compare_runs(list(runs), runs_dir, out)
+    cfg = resolve_flags(CompareConfig, config_file, flags)
+    table, figure = compare_runs(cfg.runs, cfg.runs_dir, Path(cfg.out))
     click.echo(table)
     click.echo(f"wrote {figure} and {figure.with_suffix('.md')}")
