@@ -23,14 +23,16 @@ Choices = Iterable[str] | Registry | Callable[[], Iterable[str] | Registry]
 
 
 def setting(default: Any, help: str, *, choices: Choices | None = None, also: Iterable[str] = (),
-            minimum: float | None = None, metavar: str | None = None, short: str | None = None,
-            flag: str | None = None, multiple: bool = False, hidden: bool = False, **extra: Any) -> Any:
+            minimum: float | None = None, required: bool = False, metavar: str | None = None,
+            short: str | None = None, flag: str | None = None, multiple: bool = False, hidden: bool = False,
+            **extra: Any) -> Any:
     """A config field with its CLI help. Optionally: the values it accepts (`choices`, plus `also`
-    values beside a registry's names, e.g. "auto"), its `minimum`, a short alias, another `flag`
+    values beside a registry's names, e.g. "auto"), its `minimum`, whether it is `required` (from
+    the command line or the --config file: the flag itself stays optional), a short alias, another `flag`
     name, a repeatable flag (`multiple`, for a list), a hidden flag, and `extra` metadata that a
     stage reads off its own fields (TrainConfig's `resumable`)."""
-    metadata = {"help": help, "choices": choices, "also": tuple(also), "minimum": minimum, "metavar": metavar,
-                "short": short, "flag": flag, "multiple": multiple, "hidden": hidden, **extra}
+    metadata = {"help": help, "choices": choices, "also": tuple(also), "minimum": minimum, "required": required,
+                "metavar": metavar, "short": short, "flag": flag, "multiple": multiple, "hidden": hidden, **extra}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

@@ -70,10 +70,13 @@ def field_choices(f: dataclasses.Field) -> tuple[list[str], Registry | None] | N
 
 
 def check_fields(cfg: Any) -> None:
-    """What the fields declare about their values (choices=, minimum=), checked in one place, one
-    line per bad value: every stage runs this before it reads any data."""
+    """What the fields declare about their values (required=, choices=, minimum=), checked in one
+    place, one line per bad value: every stage runs this before it reads any data."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        if f.metadata.get("required") and value in (None, "", []):
+            raise PipelineError(f"'{f.name}' is required ({f.metadata.get('help', '').rstrip('.')}): give it on the "
+                                "command line or in --config")
         if value is None:
             continue
         minimum = f.metadata.get("minimum")

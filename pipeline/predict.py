@@ -48,7 +48,7 @@ CHECKPOINTS = {"best": (BEST, None), "last": (LAST, "model"), "ema": (LAST, "ema
 
 @dataclass
 class PredictConfig:
-    run: str = setting("", "Run folder name under --runs-dir.")
+    run: str = setting("", "Run folder name under --runs-dir.", required=True)
     runs_dir: str = setting("checkpoints", "Where runs live.")
     tta: list[str] = setting([], f"TTA level(s) to score: {', '.join(tta.TTA_LEVELS.names())}; a comma list, the "
                                  "most complete is saved (unset: flip where the data's meta.json says a mirror "
@@ -277,8 +277,6 @@ def command(config_file: str | None, **flags: Any) -> None:
     # --tta is repeatable as well as a comma list
     flags["tta"] = [level for given in flags["tta"] for level in given.split(",") if level.strip()] or None
     cfg = resolve_flags(PredictConfig, config_file, flags)
-    if not cfg.run:
-        raise PipelineError("predict needs --run RUN (a run folder under --runs-dir), on the command line or in --config")
     result = run_predict(dataclasses.replace(cfg, tta=tta.parse_levels(cfg.tta) if cfg.tta else []))
     for line in summary_lines(result):
         click.echo(line)

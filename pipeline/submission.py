@@ -269,7 +269,7 @@ def report(file: str | os.PathLike, problems: list[Problem], rows: int) -> str:
 
 @dataclass
 class ValidateConfig:
-    file: str = setting("", "The predictions CSV (the command's argument).")
+    file: str = setting("", "The predictions CSV (the command's argument).", required=True)
     data: Optional[str] = setting(None, "Prepared data folder (meta.json + sample submission); default: from "
                                         "FILE's ensemble manifest.")
     sample: Optional[str] = setting(None, "The competition's sample submission (default: the data folder's).",
@@ -281,8 +281,6 @@ class ValidateConfig:
 def validate_command(config_file: str | None, **flags: Any) -> None:
     """Check a predictions CSV against the competition's sample submission."""
     cfg = resolve_flags(ValidateConfig, config_file, flags)
-    if not cfg.file:
-        raise PipelineError("validate needs FILE (a predictions CSV), as its argument or in --config")
     file = Path(cfg.file)
     sample_sub, labels, _ = resolve_references(file, cfg.data and Path(cfg.data), cfg.sample and Path(cfg.sample))
     problems = validate_predictions(file, sample_sub, labels)

@@ -166,3 +166,12 @@ def test_info_takes_a_yaml_config_and_writes_nothing(tmp_path, monkeypatch, caps
     shown = json.loads(capsys.readouterr().out)
     assert (shown["model"], shown["num_classes"]) == ("lenet5", 7)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["info.yaml"]
+
+
+@pytest.mark.parametrize("args, field", [(["report"], "run"), (["sweep"], "name"), (["predict"], "run"),
+                                          (["validate"], "file")])
+def test_a_required_value_missing_from_flags_and_config_is_one_line(args, field, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith(f"error: '{field}' is required (") and "\n" not in err

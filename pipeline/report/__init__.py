@@ -22,7 +22,6 @@ import click
 
 from pipeline.cli_config import resolve_flags, setting, stage_options
 from pipeline.config import config_dict
-from pipeline.errors import PipelineError
 
 
 def _sections():
@@ -32,7 +31,7 @@ def _sections():
 
 @dataclass
 class ReportConfig:
-    run: str = setting("", "Run folder name under --runs-dir (the command's argument).")
+    run: str = setting("", "Run folder name under --runs-dir (the command's argument).", required=True)
     runs_dir: str = setting("checkpoints", "Where run folders live.")
     device: str = setting("cpu", "auto, cpu, cuda or cuda:N.")
     tsne_points: int = setting(1000, "Val images in the t-SNE maps.", minimum=5)
@@ -49,8 +48,6 @@ def command(config_file: str | None, **flags: Any) -> None:
     from pipeline.runtime import resolve_device
 
     cfg = resolve_flags(ReportConfig, config_file, flags)
-    if not cfg.run:
-        raise PipelineError("report needs RUN (a run folder under --runs-dir), as its argument or in --config")
     run_dir = find_run(cfg.run, cfg.runs_dir)
     result = build_report(run_dir, device=resolve_device(cfg.device), tsne_points=cfg.tsne_points,
                           skip=tuple(cfg.skip), settings=config_dict(cfg))

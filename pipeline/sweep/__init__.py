@@ -23,12 +23,11 @@ import click
 
 from pipeline.cli_config import resolve_flags, setting, stage_options
 from pipeline.config import config_dict
-from pipeline.errors import PipelineError
 
 
 @dataclass
 class SweepConfig:
-    name: str = setting("", "Sweep name: sweeps/NAME/ and run folders NAME-<trial> (required).")
+    name: str = setting("", "Sweep name: sweeps/NAME/ and run folders NAME-<trial>.", required=True)
     base_config: Optional[str] = setting(None, "Train config YAML every trial starts from.", metavar="FILE")
     grid: list[str] = setting([], "Values of a TrainConfig key or model_opts.X (repeatable; the grid is all "
                                   "combinations).", multiple=True, metavar="KEY=V1,V2,...")
@@ -60,8 +59,6 @@ def command(config_file: str | None, **flags: Any) -> None:
     from pipeline.sweep.study import run_sweep
 
     cfg = resolve_flags(SweepConfig, config_file, flags)
-    if not cfg.name:
-        raise PipelineError("sweep needs --name NAME, on the command line or in --config")
     spec = SweepSpec(
         name=cfg.name, base_config=cfg.base_config, grid=parse_grid(cfg.grid), ranges=parse_ranges(cfg.ranges),
         fixed=parse_sets(cfg.sets), n_random=cfg.n_random, sampler=cfg.sampler, seed=cfg.seed, prune=cfg.prune,
