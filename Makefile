@@ -177,11 +177,10 @@ lab: $(VENV_STAMP) ## A course lab beside its report: LAB=ece661-simplenn SCALE=
 # The CIFAR-10 labs whose tables README.md shows between <!-- lab:NAME:start/end --> markers.
 README_LABS := ece661-simplenn ece590-lenet5 cs535-cnn4 cmpe597-cnn3
 
-lab-tables: $(VENV_STAMP) ## Redraw README's lab tables and docs/labs/<lab>.html from results/labs/ alone
-	@set -e; mkdir -p docs/labs; for lab in $(README_LABS); do \
+lab-tables: $(VENV_STAMP) ## Redraw README's lab tables and sweeps/lab-<lab>/report.html from results/labs/ alone
+	@set -e; for lab in $(README_LABS); do \
 		if [ -d results/labs/$$lab ]; then $(PY) -m pipeline lab $$lab --scale full --report-only --readme README.md > /dev/null; \
-			cp sweeps/lab-$$lab/report.html docs/labs/$$lab.html; \
-			echo "README.md: $$lab table redrawn; docs/labs/$$lab.html"; fi; done
+			echo "README.md: $$lab table redrawn; sweeps/lab-$$lab/report.html"; fi; done
 
 info: $(VENV_STAMP) ## Per-layer params/MACs of MODEL
 	$(PY) -m pipeline info --model $(MODEL_NAME)
