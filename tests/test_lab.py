@@ -320,6 +320,19 @@ def test_diverged_runs_count_as_chance(tiny_lab, tmp_path):
     assert results.ours_cell(bn) == "10.00 ± 0.00 (n=2, 2 diverged)"
 
 
+def test_a_run_that_really_diverges_is_a_result_at_chance(tiny_lab, tmp_path):
+    """Through the real engine (which adds what it kept and what to try to the error): a diverged
+    unit is written as a result, not retried as a failure."""
+    spec = load_lab("tiny", tiny_lab)
+    lab = quick_lab(spec)
+    lab.seeds, lab.only, lab.overrides = 1, ("bn:no BN",), {"lr": 1e6, "momentum": 0.99}
+    assert run_lab(lab) == 1
+    (result,) = store.load_results(lab.results).values()
+    assert result.state == store.DIVERGED and result.record["error"].startswith("loss became")
+    assert "stopped (no checkpoint was written)" in result.record["error"]
+    assert {o.label: o for o in results.collect(lab)["bn"]}["no BN"].accs == [0.1]
+
+
 def test_a_failed_unit_is_shown_and_tried_again(tiny_lab, tmp_path):
     spec = load_lab("tiny", tiny_lab)
 

@@ -223,7 +223,8 @@ def _train_epochs(run: Run, tr: Trainer, progress: Progress, loaders: Loaders, w
         kept = f"{run.out / LAST} keeps epoch {progress.epoch}" if progress.epoch else "no checkpoint was written"
         if run.out != run.run_dir:
             kept = f"{run.run_dir} keeps the earlier run"
-        raise PipelineError(f"{e}; stopped ({kept}). Try a lower --lr, --grad-clip 1, or --precision fp32") from None
+        raise NonFiniteLoss(e.epoch, e.step, e.value,
+                            f"; stopped ({kept}). Try a lower --lr, --grad-clip 1, or --precision fp32") from None
     except KeyboardInterrupt:
         if run.main:
             where = (f"{run.run_dir / LAST} holds epoch {progress.epoch}; continue with --resume"

@@ -23,9 +23,12 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(PipelineError):
-    def __init__(self, epoch: int, step: int, value: float):
-        super().__init__(f"loss became {value} at epoch {epoch}, step {step}")
-        self.epoch, self.step = epoch, step
+    """The loss became NaN/inf: a result for a lab (a diverged run), an error for a plain training run.
+    `detail` is what the engine adds (what was kept, what to try), so callers still see the type."""
+
+    def __init__(self, epoch: int, step: int, value: float, detail: str = ""):
+        super().__init__(f"loss became {value} at epoch {epoch}, step {step}{detail}")
+        self.epoch, self.step, self.value = epoch, step, value
 
 
 def train_one_epoch(
