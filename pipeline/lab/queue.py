@@ -68,7 +68,8 @@ def wait_ready(study: optuna.Study) -> optuna.Study:
     while READY_ATTR not in study.user_attrs:
         if time.monotonic() > deadline:
             raise PipelineError(f"lab queue {study.study_name}: its creator never finished enqueueing the units "
-                                "(a worker killed while starting?); delete the study or rerun with --fresh-queue")
+                                "(a worker killed while starting?); delete the queue (sweeps/lab-NAME/queue.db, or "
+                                "this study in the shared --storage database) and rerun: results are not in it")
         time.sleep(0.5)
     return study
 
