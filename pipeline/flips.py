@@ -56,7 +56,7 @@ def where(meta: dict[str, Any]) -> str:
 # -- train -----------------------------------------------------------------------------------------
 
 # Policies that mirror images, and through which setting; the others never flip.
-FLIPPING_POLICIES = ("standard", "standard+cutout", "lab", "lab-albu")
+FLIPPING_POLICIES = ("standard", "standard+cutout", "standard+cutout-inside", "lab", "lab-albu")
 
 
 def resolve_train(cfg, meta: dict[str, Any]):

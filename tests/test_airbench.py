@@ -38,6 +38,59 @@ def test_airbench94_params_and_macs_by_hand():
     assert (totals["params"], totals["trainable_params"], totals["macs"]) == (params, params - frozen, macs)
 
 
+def test_airbench95_params_and_macs_by_hand():
+    # airbench94's net at widths 128/384/384 (legacy/airbench95.py):
+    #   whiten 288 (frozen) + 24 bias
+    #   group 1: conv 24->128 = 24*128*9 = 27,648; conv 128->128 = 147,456; BN 2 x 256 = 512
+    #   group 2: conv 128->384 = 442,368; conv 384->384 = 1,327,104; BN 2 x 768 = 1,536
+    #   group 3: conv 384->384 = 1,327,104 twice; BN 1,536
+    #   head 384 -> 10 = 3,840
+    params = 288 + 24 + 27_648 + 147_456 + 512 + 442_368 + 1_327_104 + 1_536 + 2 * 1_327_104 + 1_536 + 3_840
+    frozen = 288 + 2 * 128 + 4 * 384
+    #   whiten 961 x 288; g1 conv1 961 x 27,648 = 26,569,728; conv2 225 x 147,456 = 33,177,600
+    #   g2 conv1 225 x 442,368 = 99,532,800; conv2 49 x 1,327,104 = 65,028,096
+    #   g3 conv1 49 x 1,327,104 = 65,028,096; conv2 9 x 1,327,104 = 11,943,936; head 3,840
+    macs = 276_768 + 26_569_728 + 33_177_600 + 99_532_800 + 65_028_096 + 65_028_096 + 11_943_936 + 3_840
+    assert (params, params - frozen, macs) == (4_606_520, 4_604_440, 301_560_864)  # 2.55x airbench94's MACs
+    net = create_model("airbench95", num_classes=10, in_chans=3, input_size=(3, 32, 32))
+    totals = summarize(net, (3, 32, 32))["totals"]
+    assert (totals["params"], totals["trainable_params"], totals["macs"]) == (params, params - frozen, macs)
+
+
+def test_airbench96_params_and_macs_by_hand():
+    # widths 128/384/512, three convs per group (legacy/airbench96.py):
+    #   whiten 288 (frozen) + 24 bias
+    #   group 1: conv 24->128 = 27,648; 2 x conv 128->128 = 2 x 147,456; BN 3 x 256 = 768
+    #   group 2: conv 128->384 = 442,368; 2 x conv 384->384 = 2 x 1,327,104; BN 3 x 768 = 2,304
+    #   group 3: conv 384->512 = 1,769,472; 2 x conv 512->512 = 2 x 2,359,296; BN 3 x 1,024 = 3,072
+    #   head 512 -> 10 = 5,120
+    params = (288 + 24 + 27_648 + 2 * 147_456 + 768 + 442_368 + 2 * 1_327_104 + 2_304
+              + 1_769_472 + 2 * 2_359_296 + 3_072 + 5_120)
+    frozen = 288 + 3 * (128 + 384 + 512)
+    #   whiten 276,768; g1 conv1 961 x 27,648 = 26,569,728; conv2, conv3 at 15x15: 2 x 33,177,600
+    #   g2 conv1 225 x 442,368 = 99,532,800; conv2, conv3 at 7x7: 2 x 65,028,096
+    #   g3 conv1 49 x 1,769,472 = 86,704,128; conv2, conv3 at 3x3: 2 x 21,233,664; head 5,120
+    macs = (276_768 + 26_569_728 + 2 * 33_177_600 + 99_532_800 + 2 * 65_028_096 + 86_704_128
+            + 2 * 21_233_664 + 5_120)
+    assert (params, params - frozen, macs) == (9_918_776, 9_915_416, 451_967_264)  # 3.8x airbench94's MACs
+    net = create_model("airbench96", num_classes=10, in_chans=3, input_size=(3, 32, 32))
+    totals = summarize(net, (3, 32, 32))["totals"]
+    assert (totals["params"], totals["trainable_params"], totals["macs"]) == (params, params - frozen, macs)
+
+
+def test_airbench96_group_adds_its_first_activation_over_the_last_two_convs():
+    net = create_model("airbench96", num_classes=10, in_chans=3, input_size=(3, 32, 32)).eval()
+    assert all(m.momentum == pytest.approx(0.1) for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    group = net.groups[1]
+    x = torch.randn(2, 128, 15, 15)
+    x0 = group.act1(group.norm1(group.pool(group.conv1(x))))
+    y = group.norm3(group.conv3(group.act2(group.norm2(group.conv2(x0)))))
+    torch.testing.assert_close(group(x), group.act3(x0 + y))
+    assert not torch.allclose(group(x), group.act3(y))  # the skip is really there
+    # airbench94's groups have no third conv
+    assert not hasattr(_airbench().groups[0], "conv3")
+
+
 def test_airbench94_structure_follows_the_paper():
     net = _airbench()
     assert net.whiten.kernel_size == (2, 2) and net.whiten.out_channels == 24 and net.whiten.bias is not None

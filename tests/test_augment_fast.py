@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from pipeline.augment import build_train_loader
 from pipeline.augment.fast import FastTrainLoader, crop_sources, cutout_, gather_crops
+from pipeline.errors import PipelineError
 
 
 def positional_images(n=6, size=8, chans=3):
@@ -93,6 +94,22 @@ def test_loader_cutout_holes_are_squares_of_the_size_or_clipped():
             assert extent == 5 or low == 0 or high == 11
 
 
+def test_loader_cutout_inside_keeps_whole_squares_with_every_corner_reachable():
+    # airbench96's placement: the 5x5 square always whole, its top-left corner uniform over 0..7
+    images = np.full((2000, 12, 12, 1), 255, dtype=np.uint8)
+    loader = FastTrainLoader(images, np.arange(2000), cutout=5, cutout_inside=True, batch_size=2000)
+    (x, _), = list(loader)
+    zero = x[:, 0] == 0
+    assert (zero.sum((1, 2)) == 25).all()  # never clipped
+    tops = zero.any(2).int().argmax(1)
+    lefts = zero.any(1).int().argmax(1)
+    for corners in (tops, lefts):
+        counts = torch.bincount(corners, minlength=8)
+        assert len(counts) == 8 and counts.min() > 2000 / 8 * 0.7  # all 8 positions, none favoured
+    with pytest.raises(PipelineError, match="does not fit"):
+        list(FastTrainLoader(images, np.arange(2000), cutout=13, cutout_inside=True, batch_size=2000))
+
+
 def locate(window, padded):
     """(image, top, left, flipped) of the padded window equal to `window`; None if there is none."""
     _, _, hp, wp = padded.shape
@@ -138,7 +155,7 @@ def same(a, b):
     return all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
 
 
-@pytest.mark.parametrize("policy", ["standard", "standard+cutout"])
+@pytest.mark.parametrize("policy", ["standard", "standard+cutout", "standard+cutout-inside"])
 def test_same_seed_same_batches_other_epoch_or_seed_different(policy):
     reference = batches(policy, seed=1, epoch=2)
     assert same(reference, batches(policy, seed=1, epoch=2))

@@ -13,9 +13,9 @@ def tiny(n=40, size=8, chans=3, seed=0):
     return images, np.arange(n, dtype=np.int64)
 
 
-def test_registry_holds_the_seven_policies_and_rejects_unknown_names():
-    assert POLICIES.names() == sorted(
-        ["none", "standard", "standard+cutout", "lab", "lab-albu", "autoaugment", "randaugment"])
+def test_registry_holds_the_eight_policies_and_rejects_unknown_names():
+    assert POLICIES.names() == sorted(["none", "standard", "standard+cutout", "standard+cutout-inside", "lab",
+                                       "lab-albu", "autoaugment", "randaugment"])
     images, labels = tiny()
     with pytest.raises(PipelineError, match="unknown augmentation policy 'mixup'.*standard"):
         build_train_loader(images, labels, policy="mixup")
@@ -23,7 +23,7 @@ def test_registry_holds_the_seven_policies_and_rejects_unknown_names():
 
 def test_cutout_size_with_a_policy_that_does_not_use_it_is_an_error():
     images, labels = tiny()
-    with pytest.raises(PipelineError, match="cutout=8 is only used by policy 'standard\\+cutout'"):
+    with pytest.raises(PipelineError, match="cutout=8 is only used by policies standard\\+cutout, standard\\+cutout-inside"):
         build_train_loader(images, labels, policy="standard", cutout=8)
 
 

@@ -170,7 +170,7 @@ def test_cli_zoo(monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["info", "-m", "nosuchnet"], "error: unknown model 'nosuchnet'; choose from: airbench94, cnn3, cnn4, lenet5"),
+    (["info", "-m", "nosuchnet"], "error: unknown model 'nosuchnet'; choose from: airbench94, airbench95, airbench96, cnn3, cnn4"),
     (["info", "-m", "lenet5", "--model-opt", "width=2"], "error: model 'lenet5' has no option width"),
     (["info", "-m", "lenet5", "--input", "3x8x8"], "error: model 'lenet5': input 3x8x8 is too small"),
     (["info", "-m", "timm:test_vit", "--input", "3x28x28"], "error: model does not run on input 3x28x28"),

@@ -47,7 +47,8 @@ def test_forward_backward_every_model(name, shape):
 
 def test_registry_holds_the_issue_models():
     expected = {"simplenn", "lenet5", "cnn3", "cnn4", "resnet20", "resnet32", "resnet44", "resnet56",
-                "resnet110", "vgg11", "vgg13", "vgg16", "vgg19", "vgg19_elu", "airbench94", "timm"}
+                "resnet110", "vgg11", "vgg13", "vgg16", "vgg19", "vgg19_elu", "airbench94", "airbench95", "airbench96",
+                "timm"}
     # Other test modules register throwaway models; only the package's own count here.
     shipped = {n for n in list_models() if MODELS.get(n).__module__.startswith("pipeline.models")}
     assert shipped == expected

@@ -6,7 +6,8 @@ training loop normalises them with runtime.to_model_input), so augmentation stay
 Policies (POLICIES registry; each entry builds a TrainLoader):
   none, standard (random crop from a 4-pixel zero pad + random horizontal flip; crop_pad, pad_mode
       and flip_mode change that, e.g. airbench's 2-pixel reflect pad with alternating flips),
-  standard+cutout
+  standard+cutout (DeVries & Taylor: centred anywhere, clipped at the borders),
+  standard+cutout-inside (airbench96: the whole square inside the image)
       -> fast.FastTrainLoader: the dataset on the device, augmented in batches, no workers;
   lab (the ECE 590 lab's policy: flips, padded crop, affine, colour jitter in a per-image random
       order, then erasing; see lab.py)
@@ -58,6 +59,12 @@ def _standard_cutout(images, labels, *, cutout, workers, crop, **common) -> Trai
     return FastTrainLoader(images, labels, cutout=size, **_crop_flip(crop), **common)
 
 
+@POLICIES.register("standard+cutout-inside")
+def _standard_cutout_inside(images, labels, *, cutout, workers, crop, **common) -> TrainLoader:
+    size = cutout or images.shape[1] // 2
+    return FastTrainLoader(images, labels, cutout=size, cutout_inside=True, **_crop_flip(crop), **common)
+
+
 def _crop_flip(crop: dict) -> dict:
     # flip_mode "none": the data's labels do not survive a mirror (digits, text); see pipeline.flips
     flip = crop["flip_mode"] != "none"
@@ -87,7 +94,8 @@ def _randaugment(images, labels, *, cutout, workers, crop, **common) -> TrainLoa
 
 
 # Policies that honour crop_pad / pad_mode / flip_mode; the others refuse non-default values.
-CROP_POLICIES = ("standard", "standard+cutout")
+CROP_POLICIES = ("standard", "standard+cutout", "standard+cutout-inside")
+CUTOUT_POLICIES = ("standard+cutout", "standard+cutout-inside")
 
 
 def build_train_loader(
@@ -109,12 +117,12 @@ def build_train_loader(
     workers: DataLoader processes for the per-sample policies (0 = in this process, for debugging);
     the batched policies ignore it. crop_pad, pad_mode (zero|reflect), flip_mode (random|alternate|none):
     the crop and flip of the standard policies; "none" also takes the mirror out of "lab" and
-    "lab-albu". cutout: square size for "standard+cutout" (0 = half the image side); any other
+    "lab-albu". cutout: square size for the cutout policies (0 = half the image side); any other
     policy with cutout > 0 is an error rather than a silently ignored setting.
     """
     build = POLICIES.get(policy)
-    if cutout and policy != "standard+cutout":
-        raise PipelineError(f"cutout={cutout} is only used by policy 'standard+cutout', not '{policy}'")
+    if cutout and policy not in CUTOUT_POLICIES:
+        raise PipelineError(f"cutout={cutout} is only used by policies {', '.join(CUTOUT_POLICIES)}, not '{policy}'")
     crop = {"pad": crop_pad, "pad_mode": pad_mode, "flip_mode": flip_mode}
     if flip_mode not in (*FLIP_MODES, "none"):
         raise PipelineError(f"unknown flip mode '{flip_mode}'; choose from: {', '.join(FLIP_MODES)}, none")

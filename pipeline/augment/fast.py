@@ -96,6 +96,9 @@ def cutout_(images: torch.Tensor, center_y: torch.Tensor, center_x: torch.Tensor
 class FastTrainLoader(DeviceTrainLoader):
     """TrainLoader over a dataset held on `device`: crop (pad > 0), flip, cutout (> 0) per batch.
 
+    cutout_inside keeps each cutout square wholly inside the image (airbench96) instead of
+    centring it anywhere and clipping it (DeVries & Taylor).
+
     An epoch's random numbers are drawn up front from a generator on the device seeded by
     (seed, epoch, rank), so equal seeds give identical batches. Call set_epoch before each epoch.
     flip_mode "random" flips each image with probability 1/2 every epoch; "alternate" (airbench)
@@ -111,6 +114,7 @@ class FastTrainLoader(DeviceTrainLoader):
         pad: int = 0,
         flip: bool = False,
         cutout: int = 0,
+        cutout_inside: bool = False,
         pad_mode: str = "zero",
         flip_mode: str = "random",
         **batching: Any,
@@ -121,7 +125,7 @@ class FastTrainLoader(DeviceTrainLoader):
             raise PipelineError(f"crop padding and cutout size must be >= 0, got {pad} and {cutout}")
         if flip_mode not in FLIP_MODES:
             raise PipelineError(f"unknown flip mode '{flip_mode}'; choose from: {', '.join(FLIP_MODES)}")
-        self.pad, self.flip, self.cutout = pad, flip, cutout
+        self.pad, self.flip, self.cutout, self.cutout_inside = pad, flip, cutout, cutout_inside
         self.size = tuple(images.shape[1:3])
         nchw_view = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
         self.sources = crop_sources(nchw_view, pad, mirror=flip, mode=pad_mode)
@@ -142,9 +146,18 @@ class FastTrainLoader(DeviceTrainLoader):
             "top": randint(2 * self.pad + 1),
             "left": randint(2 * self.pad + 1),
             "copy": randint(2 if self.flip and self.base_flip is None else 1),  # 1 = the mirrored copy
-            "center_y": randint(self.size[0]),
-            "center_x": randint(self.size[1]),
+            **self._cutout_centers(randint),
         }
+
+    def _cutout_centers(self, randint) -> dict[str, torch.Tensor]:
+        # DeVries & Taylor: any centre, the square clipped at the borders; airbench96 ("inside"):
+        # the whole square within the image, its corner uniform over the positions where it fits.
+        if not self.cutout_inside:
+            return {"center_y": randint(self.size[0]), "center_x": randint(self.size[1])}
+        if self.cutout > min(self.size):
+            raise PipelineError(f"cutout {self.cutout} does not fit inside {self.size[0]}x{self.size[1]} images")
+        return {f"center_{axis}": randint(side - self.cutout + 1) + self.cutout // 2
+                for axis, side in zip("yx", self.size)}
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.plan.indices(self.epoch).to(self.device)

@@ -14,6 +14,12 @@ Convs start as identities where their shape allows (dirac init of the first in_c
 The Muon variant (airbench94_muon) is the same net with another head: output divided by the
 feature width (256) and the head's weights rescaled to unit standard deviation at init
 (head_scale=0.00390625, head_unit_std=true).
+
+The paper's wider rungs (KellerJordan/cifar10-airbench, legacy/airbench95.py and airbench96.py):
+  airbench95: the same net at widths 128/384/384;
+  airbench96: widths 128/384/512 and a third conv per group with a residual over the last two
+              (conv1 -> pool -> BN -> GELU = x0; conv2 -> BN -> GELU -> conv3 -> BN; + x0; GELU),
+              BN running-stat momentum torch's default 0.1 (the paper's 0.9).
 """
 from __future__ import annotations
 
@@ -34,7 +40,10 @@ class FrozenScaleBatchNorm(nn.BatchNorm2d):
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, in_chans: int, out_chans: int, bn_momentum: float, act: str):
+    """conv -> pool -> BN -> act -> conv -> BN -> act; with residual=True (airbench96) a third conv
+    whose BN output is added to the first act's before the last act."""
+
+    def __init__(self, in_chans: int, out_chans: int, bn_momentum: float, act: str, residual: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, out_chans, 3, padding="same", bias=False)
         self.pool = nn.MaxPool2d(2)
@@ -43,10 +52,18 @@ class ConvGroup(nn.Module):
         self.conv2 = nn.Conv2d(out_chans, out_chans, 3, padding="same", bias=False)
         self.norm2 = FrozenScaleBatchNorm(out_chans, bn_momentum)
         self.act2 = make_act(act)
+        self.residual = residual
+        if residual:
+            self.conv3 = nn.Conv2d(out_chans, out_chans, 3, padding="same", bias=False)
+            self.norm3 = FrozenScaleBatchNorm(out_chans, bn_momentum)
+            self.act3 = make_act(act)
 
     def forward(self, x):
         x = self.act1(self.norm1(self.pool(self.conv1(x))))
-        return self.act2(self.norm2(self.conv2(x)))
+        if not self.residual:
+            return self.act2(self.norm2(self.conv2(x)))
+        y = self.norm3(self.conv3(self.act2(self.norm2(self.conv2(x)))))
+        return self.act3(x + y)
 
 
 class Scale(nn.Module):
@@ -63,14 +80,14 @@ class Scale(nn.Module):
 
 class AirbenchNet(nn.Module):
     def __init__(self, num_classes: int, in_chans: int, widths: tuple[int, int, int], whiten_kernel: int,
-                 bn_momentum: float, head_scale: float, head_unit_std: bool, act: str):
+                 bn_momentum: float, head_scale: float, head_unit_std: bool, act: str, residual: bool = False):
         super().__init__()
         self.whiten = nn.Conv2d(in_chans, 2 * in_chans * whiten_kernel**2, whiten_kernel, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from the data (whitening init), never trained
         nn.init.zeros_(self.whiten.bias)
         self.act = make_act(act)
         chans = [self.whiten.out_channels, *widths]
-        self.groups = nn.Sequential(*(ConvGroup(chans[i], chans[i + 1], bn_momentum, act) for i in range(3)))
+        self.groups = nn.Sequential(*(ConvGroup(chans[i], chans[i + 1], bn_momentum, act, residual) for i in range(3)))
         self.pool = nn.MaxPool2d(3)
         self.flatten = nn.Flatten()
         self.head = nn.Linear(widths[-1], num_classes, bias=False)
@@ -84,20 +101,39 @@ class AirbenchNet(nn.Module):
         return self.scale(self.head(self.flatten(self.pool(x))))
 
 
-@register_model("airbench94")
-def airbench94(*, num_classes: int, in_chans: int, input_size, widths: list = (64, 256, 256),
-               whiten_kernel: int = 2, bn_momentum: float = 0.4, head_scale: float = 1 / 9,
-               head_unit_std: bool = False, act: str = "gelu") -> nn.Module:
-    height, width = spatial_size("airbench94", in_chans, input_size)
+def build_airbench(name: str, *, num_classes: int, in_chans: int, input_size, widths, whiten_kernel: int,
+                   bn_momentum: float, head_scale: float, head_unit_std: bool, act: str,
+                   residual: bool = False) -> nn.Module:
+    height, width = spatial_size(name, in_chans, input_size)
     widths = tuple(int(w) for w in widths)
     if len(widths) != 3 or min(widths) < 1:
-        raise PipelineError(f"model 'airbench94': option widths must be three positive ints, got {list(widths)}")
+        raise PipelineError(f"model '{name}': option widths must be three positive ints, got {list(widths)}")
     # whiten conv (k-1 lost), three 2x2 pools, then the 3x3 pool must leave exactly one position.
     side = min(height, width) - whiten_kernel + 1
     for _ in range(3):
         side //= 2
     if not 3 <= side <= 5 or height != width:
-        raise PipelineError(f"model 'airbench94' needs square inputs of about 32x32 (after its pools a 3x3 map "
+        raise PipelineError(f"model '{name}' needs square inputs of about 32x32 (after its pools a 3x3 map "
                             f"is left); got {height}x{width}")
     return AirbenchNet(num_classes, in_chans, widths, whiten_kernel, bn_momentum, head_scale,
-                       bool(head_unit_std), act)
+                       bool(head_unit_std), act, bool(residual))
+
+
+def register_airbench(name: str, widths: tuple[int, int, int], bn_momentum: float, residual: bool = False):
+    """Register one rung of the ladder: its widths, BN momentum and block as the builder's defaults."""
+
+    def build(*, num_classes: int, in_chans: int, input_size, widths: list = widths, whiten_kernel: int = 2,
+              bn_momentum: float = bn_momentum, head_scale: float = 1 / 9, head_unit_std: bool = False,
+              act: str = "gelu") -> nn.Module:
+        return build_airbench(name, num_classes=num_classes, in_chans=in_chans, input_size=input_size,
+                              widths=widths, whiten_kernel=whiten_kernel, bn_momentum=bn_momentum,
+                              head_scale=head_scale, head_unit_std=head_unit_std, act=act, residual=residual)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"{name}: widths {'/'.join(map(str, widths))}" + (", residual 3-conv groups" if residual else "")
+    return register_model(name)(build)
+
+
+airbench94 = register_airbench("airbench94", (64, 256, 256), bn_momentum=0.4)
+airbench95 = register_airbench("airbench95", (128, 384, 384), bn_momentum=0.4)
+airbench96 = register_airbench("airbench96", (128, 384, 512), bn_momentum=0.1, residual=True)

@@ -116,12 +116,14 @@ class TrainConfig:
                                     resumable=True)
     # augmentation
     augment: str = _opt("standard", "Augmentation policy: none; standard (random crop + horizontal flip); "
-                                    "standard+cutout; lab (the ECE 590 lab policy: flips, padded crop, affine, "
+                                    "standard+cutout (DeVries: clipped at the borders); standard+cutout-inside "
+                                    "(airbench96: the square wholly inside); lab (the ECE 590 lab policy: "
+                                    "flips, padded crop, affine, "
                                     "color jitter in a per-image random order, then erasing; batched on the "
                                     "device); lab-albu (the same policy per image in albumentations "
                                     "workers); autoaugment (CIFAR-10 policy); randaugment (N=2, M=9).",
                          choices=_policies)
-    cutout: int = _opt(0, "Cutout square size for --augment standard+cutout (0 = half the image side).")
+    cutout: int = _opt(0, "Cutout square size for the cutout policies (0 = half the image side).")
     crop_pad: int = _opt(4, "standard policies: random-crop padding in pixels (translate by up to this).")
     pad_mode: str = _opt("zero", "standard policies: crop padding fill.", choices=_pad_modes)
     flip_mode: str = _opt("auto", "Horizontal flips: auto (random where the data's meta.json says flips keep "
