@@ -122,7 +122,9 @@ def describe(record: dict) -> str:
                 + (f"; not installed: {', '.join(absent)}" if absent else ""))
     if "counts" in record:
         counts = record["counts"]
-        return f"{counts['train']} train / {counts['val']} val / {counts['test']} test images prepared"
+        limit = f" (--limit {record['limit']})" if record.get("limit") else ""
+        return (f"{counts['train']} train / {counts['val']} val / {counts['test']} test images prepared from "
+                f"{record.get('source')}{limit}")
     if "tta_val_acc" in record:
         levels = ", ".join(f"{level} {pct(acc)}%" for level, acc in record["tta_val_acc"].items())
         return f"{record['epochs']:g} epochs, trained in {record['train_s']:.1f} s; val {levels}"

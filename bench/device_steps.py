@@ -95,12 +95,15 @@ def prepare_data(work: Work, source: str, limit: int | None, timeout: float) -> 
     run_python(["-m", "pipeline", "data", "--competition", COMPETITION, "--source", source,
                 "--data-root", str(work.data.parent), *(["--limit", str(limit)] if limit else [])],
                timeout, work.log("data"))
-    return {"data": str(work.data), "counts": read_json(work.data / "meta.json")["counts"]}
+    return {"data": str(work.data), "source": Path(source).name, "limit": limit,
+            "counts": read_json(work.data / "meta.json")["counts"]}
 
 
 def recipe(work: Work, config: str, run: str, seed: int, train_args: list[str], timeout: float) -> dict[str, Any]:
     """Train `config` afresh, predict val and test with every TTA level (final weights, as airbench
     scores), and read the figures back from the run's own files."""
+    if not (work.data / "meta.json").is_file():
+        raise StepFailed(f"{work.data}: no prepared data (the data step did not finish)")
     start, log = time.monotonic(), work.log(run)
     run_python(["-m", "pipeline", "train", "--config", config, "--data", str(work.data), "--run", run,
                 "--out-dir", str(work.runs), "--seed", str(seed), "--overwrite", *train_args], timeout, log)
