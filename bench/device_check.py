@@ -132,6 +132,9 @@ def defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the mode's defaults; refuse what cannot work, in one line."""
     if args.source is None:
         raise PipelineError("device-check: give the CIFAR-10 zip (--source cifar10-jpg.zip, make: SOURCE=...)")
+    if not Path(args.source).is_file():
+        raise PipelineError(f"device-check: {args.source}: no such file (the Kaggle-style CIFAR-10 zip; on a lent "
+                            "GPU, carry it in)")
     if not args.tiny:
         import torch
 

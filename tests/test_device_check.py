@@ -181,3 +181,6 @@ def test_the_full_check_refuses_a_machine_without_cuda_in_one_line(tmp_path, cap
     with pytest.raises(SystemExit) as e:
         device_check.main(["--tiny", "--no-readme"])
     assert "give the CIFAR-10 zip" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        device_check.main(["--tiny", "--source", str(tmp_path / "absent.zip"), "--no-readme"])
+    assert "absent.zip: no such file" in str(e.value)
