@@ -104,7 +104,7 @@ PREDICT_STALE := $(call stale,$(PREDICT_KEY),$(PREDICT_OPTS),$(PREDICT_VARS))
 ENSEMBLE_STALE := $(sort $(call stale,$(ENSEMBLE_KEY).runs,$(ENSEMBLE_RUNS),RUNS RUN) \
 	$(call stale,$(ENSEMBLE_KEY).opts,$(ENSEMBLE_OPTS),ENSEMBLE_ARGS))
 
-.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab lab-tables demo smoke test test-gpu test-slow bench bench-models bench-engine bench-step bench-data bench-lab bench-augment quality leaderboard info zoo clean-demo
+.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab lab-tables demo smoke test test-gpu test-slow bench bench-models bench-engine bench-step bench-data bench-lab bench-augment quality leaderboard device-check info zoo clean-demo
 
 FORCE:
 
@@ -221,6 +221,12 @@ quality: $(VENV_STAMP) ## A recipe end to end on the shared CIFAR-10 bundle (CON
 leaderboard: $(VENV_STAMP) ## The recipes that fit this machine + their greedy ensemble -> bench/results/leaderboard.md and README
 	@test -f $(SHARED_BUNDLE) || { echo "leaderboard: $(SHARED_BUNDLE) not found (the shared CIFAR-10 bundle)"; exit 1; }
 	$(PY) -m bench.leaderboard --source $(SHARED_BUNDLE) $(if $(SEEDS),--seeds $(SEEDS)) $(LEADERBOARD_ARGS)
+
+# No $(VENV_STAMP) here: a lent GPU has no .venv and no internet to build one, so the check runs
+# under that machine's own python3 (torch, torchvision, timm, scikit-learn, ...) when .venv is absent.
+device-check: ## The prepared GPU check, <8 min on one H100: SOURCE=cifar10-jpg.zip (TINY=1: the CPU path; DEVICE_CHECK_ARGS=)
+	$(if $(wildcard $(PY)),$(PY),python3) -m bench.device_check --source $(or $(SOURCE),$(SHARED_BUNDLE)) \
+		$(if $(TINY),--tiny) $(if $(LIMIT),--limit $(LIMIT)) $(DEVICE_CHECK_ARGS)
 
 bench-engine: $(VENV_STAMP) ## airbench94 steps through the engine vs a bare loop of the same maths (img/s ratio)
 	$(PY) -m bench.engine_overhead

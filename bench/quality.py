@@ -109,21 +109,13 @@ def main(argv: list[str] | None = None) -> None:
     submission = submission_path(args, run)
     total = round(time.perf_counter() - start, 1)
 
-    run_dir = REPO / args.runs_dir / run
-    train_manifest = read_json(run_dir / MANIFEST)
-    predicted = read_json(run_dir / PREDICT_JSON)
-    history = train_manifest["metrics"].get("final") or {}
-    rows = read_metrics(run_dir)
-    speeds = sorted(r["img_per_s"] for r in rows)
     result = {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
         "machine": machine_summary(), "config": args.config, "run": run, "model": config.get("model"),
         "config_sha256": sha256_file(REPO / args.config),
         "seed": args.seed if args.seed is not None else config.get("seed", 0),
         "epochs": config.get("epochs"), "checkpoint": args.checkpoint, "train_args": args.train_arg,
-        "final_val_acc": history.get("val_acc"), "best_val_acc": train_manifest["metrics"].get("best_val_acc"),
-        "tta_val_acc": predicted.get("metrics", {}).get("val_accuracy"), "tta_saved": predicted.get("tta"),
-        "train_img_per_s": speeds[len(speeds) // 2] if speeds else None,
+        **run_figures(REPO / args.runs_dir / run),
         "seconds": timings, "total_seconds": total, "submission": str(submission),
         "submitted_run": submitted,
         "val_note": ("val figures are the held-out model's; the submitted model was refit on all "
@@ -132,6 +124,18 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + json.dumps(result, indent=2))
     atomic_write_json(out, result)
     print(f"wrote {out}")
+
+
+def run_figures(run_dir: Path) -> dict:
+    """A trained and predicted run's accuracies and speed, read from its own files (also what
+    bench/device_check.py reports per recipe)."""
+    train_manifest = read_json(run_dir / MANIFEST)
+    predicted = read_json(run_dir / PREDICT_JSON)
+    history = train_manifest["metrics"].get("final") or {}
+    speeds = sorted(r["img_per_s"] for r in read_metrics(run_dir))
+    return {"final_val_acc": history.get("val_acc"), "best_val_acc": train_manifest["metrics"].get("best_val_acc"),
+            "tta_val_acc": predicted.get("metrics", {}).get("val_accuracy"), "tta_saved": predicted.get("tta"),
+            "train_img_per_s": speeds[len(speeds) // 2] if speeds else None}
 
 
 def tta_most_complete(levels: str) -> str:
