@@ -21,7 +21,10 @@ COMPETITION ?= cifar10
 # Stage arguments with no default here (SOURCE KAGGLE LIMIT MODEL EPOCHS DEVICE CONFIG TRAIN_ARGS TTA
 # CHECKPOINT RUNS ENSEMBLE_ARGS): a stage gets a flag only for what was given, so a CONFIG's values and
 # each stage's own defaults hold otherwise.
-MODEL_NAME = $(or $(MODEL),$(if $(CONFIG),$(shell sed -n 's/^model:[[:space:]]*\([^[:space:]#]*\).*/\1/p' $(CONFIG) 2>/dev/null | head -n 1)),resnet20)
+# BUDGET without MODEL or CONFIG: `--recipe auto` picks the recipe and epochs for the budget from the
+# leaderboard records (results/leaderboard/), so the run is <competition>-auto.
+AUTO_RECIPE = $(if $(BUDGET),$(if $(MODEL)$(CONFIG),,1))
+MODEL_NAME = $(or $(MODEL),$(if $(CONFIG),$(shell sed -n 's/^model:[[:space:]]*\([^[:space:]#]*\).*/\1/p' $(CONFIG) 2>/dev/null | head -n 1)),$(if $(AUTO_RECIPE),auto),resnet20)
 RUN ?= $(COMPETITION)-$(subst :,-,$(MODEL_NAME))
 SUBMIT_ARGS ?=
 DATA_ROOT ?= data
@@ -49,7 +52,9 @@ DATA_SRC := $(CORE_SRC) $(wildcard pipeline/data/*.py) pipeline/flips.py pipelin
 MODEL_SRC := $(CORE_SRC) $(wildcard pipeline/models/*.py) pipeline/checkpoint.py pipeline/runtime.py pipeline/machine.py
 LOADER_SRC := $(DATASET_SRC) $(wildcard pipeline/augment/*.py) pipeline/flips.py
 TRAIN_SRC = $(MODEL_SRC) $(LOADER_SRC) $(wildcard pipeline/train/*.py) pipeline/hints.py pipeline/plots.py \
-	$(filter %.yaml %.yml,$(TRAIN_OPTS))
+	pipeline/records.py $(filter %.yaml %.yml,$(TRAIN_OPTS)) $(AUTO_INPUTS)
+# --recipe auto's choice is made from the leaderboard records and the recipes' configs: both are inputs
+AUTO_INPUTS = $(if $(filter auto,$(TRAIN_OPTS)),$(wildcard results/leaderboard/*/*.json) $(wildcard configs/*.yaml))
 PREDICT_SRC := $(MODEL_SRC) $(LOADER_SRC) pipeline/predict.py pipeline/tta.py
 ENSEMBLE_SRC := $(CORE_SRC) $(DATASET_SRC) pipeline/ensemble.py pipeline/submission.py
 
@@ -79,7 +84,8 @@ TRAIN_KEY := train-$(RUN)
 TRAIN_VARS := MODEL EPOCHS BUDGET CONFIG TRAIN_ARGS
 # A run trained outside make (no saved options) is retrained, if ever stale, from its own config.yaml.
 TRAIN_OPTS := $(call options,$(TRAIN_KEY),$(if $(MODEL),--model $(MODEL)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-	$(if $(BUDGET),--time-budget $(BUDGET)) $(if $(CONFIG),--config $(CONFIG)) $(TRAIN_ARGS),$(TRAIN_VARS),\
+	$(if $(BUDGET),--time-budget $(BUDGET)) $(if $(AUTO_RECIPE),--recipe auto) $(if $(CONFIG),--config $(CONFIG)) \
+	$(TRAIN_ARGS),$(TRAIN_VARS),\
 	$(if $(wildcard $(RUN_DIR)/config.yaml),--config $(RUN_DIR)/config.yaml))
 # make retrains a stale run into a staging folder that replaces it only once training completes
 # (TRAIN_ARGS=--extend: continue it when only EPOCHS grew); --resume or --overwrite choose otherwise.
@@ -131,7 +137,7 @@ $(DATA_DIR)/meta.json: $(VENV_STAMP) $(DATA_SRC) $(DATA_STALE)
 	$(PY) -m pipeline data $(DATA_ARGS)
 	$(call save_args,$(DATA_KEY),$(DATA_OPTS))
 
-train: $(RUN_DIR)/manifest.json ## Train MODEL on COMPETITION into checkpoints/<run>
+train: $(RUN_DIR)/manifest.json ## Train MODEL on COMPETITION into checkpoints/<run> (BUDGET=s alone: the best recipe for it)
 
 $(RUN_DIR)/manifest.json: $(DATA_DIR)/meta.json $(TRAIN_SRC) $(TRAIN_STALE)
 	$(PY) -m pipeline train $(TRAIN_CMD)
