@@ -110,7 +110,7 @@ PREDICT_STALE := $(call stale,$(PREDICT_KEY),$(PREDICT_OPTS),$(PREDICT_VARS))
 ENSEMBLE_STALE := $(sort $(call stale,$(ENSEMBLE_KEY).runs,$(ENSEMBLE_RUNS),RUNS RUN) \
 	$(call stale,$(ENSEMBLE_KEY).opts,$(ENSEMBLE_OPTS),ENSEMBLE_ARGS))
 
-.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab lab-tables demo smoke test test-gpu test-slow bench bench-models bench-engine bench-step bench-data bench-lab bench-augment quality leaderboard info zoo clean-demo
+.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab lab-tables demo smoke test test-gpu test-slow bench bench-models bench-engine bench-step bench-data bench-lab bench-augment quality leaderboard leaderboard-plot bench-probe info zoo clean-demo
 
 FORCE:
 
@@ -224,9 +224,16 @@ quality: $(VENV_STAMP) ## A recipe end to end on the shared CIFAR-10 bundle (CON
 	$(PY) -m bench.quality --source $(SHARED_BUNDLE) --config $(or $(CONFIG),configs/resnet20-cpu-quality.yaml) \
 		$(if $(SEED),--seed $(SEED)) $(if $(FINAL_FIT),--final-fit)
 
-leaderboard: $(VENV_STAMP) ## The recipes that fit this machine + their greedy ensemble -> bench/results/leaderboard.md and README
+leaderboard: $(VENV_STAMP) ## The recipes that fit this machine + their greedy ensemble -> records in results/leaderboard/, the frontier PNG, README (LEADERBOARD_ARGS="--recipes configs/x.yaml@EPOCHS:SEEDS ...")
 	@test -f $(SHARED_BUNDLE) || { echo "leaderboard: $(SHARED_BUNDLE) not found (the shared CIFAR-10 bundle)"; exit 1; }
 	$(PY) -m bench.leaderboard --source $(SHARED_BUNDLE) $(if $(SEEDS),--seeds $(SEEDS)) $(LEADERBOARD_ARGS)
+
+leaderboard-plot: $(VENV_STAMP) ## Redraw bench/results/leaderboard.png (accuracy vs training time) from results/leaderboard/ alone
+	$(PY) -m bench.leaderboard --from-records
+
+bench-probe: $(VENV_STAMP) ## Each recipe's probe img/s vs its first real epochs' (ratio; PROBE_RECIPES=configs/a.yaml ...)
+	@test -f $(SHARED_BUNDLE) || { echo "bench-probe: $(SHARED_BUNDLE) not found (the shared CIFAR-10 bundle)"; exit 1; }
+	$(PY) -m bench.probe_honesty --source $(SHARED_BUNDLE) $(if $(PROBE_RECIPES),--recipes $(PROBE_RECIPES))
 
 bench-engine: $(VENV_STAMP) ## airbench94 steps through the engine vs a bare loop of the same maths (img/s ratio)
 	$(PY) -m bench.engine_overhead

@@ -21,6 +21,7 @@ from bench.chain import REPO, Chain
 from bench.machine import machine_summary
 from pipeline.artifacts import atomic_write_json, read_json, sha256_file
 from pipeline.config import load_yaml
+from pipeline.records import curve_from_metrics
 from pipeline.run_layout import MANIFEST, PREDICT_JSON
 from pipeline.train.logbook import read_metrics
 
@@ -120,10 +121,16 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine_summary(), "config": args.config, "run": run, "model": config.get("model"),
         "config_sha256": sha256_file(REPO / args.config),
         "seed": args.seed if args.seed is not None else config.get("seed", 0),
-        "epochs": config.get("epochs"), "checkpoint": args.checkpoint, "train_args": args.train_arg,
+        # the epochs the run trained (a --train-arg --epochs N or a time budget changes the config's)
+        "epochs": train_manifest.get("config", {}).get("epochs", config.get("epochs")),
+        "recipe_epochs": config.get("epochs"), "checkpoint": args.checkpoint, "train_args": args.train_arg,
         "final_val_acc": history.get("val_acc"), "best_val_acc": train_manifest["metrics"].get("best_val_acc"),
         "tta_val_acc": predicted.get("metrics", {}).get("val_accuracy"), "tta_saved": predicted.get("tta"),
         "train_img_per_s": speeds[len(speeds) // 2] if speeds else None,
+        # the probe's figure beside the epochs' own: how far it missed them is the planner's correction
+        "probe_img_per_s": (train_manifest.get("probe") or {}).get("img_per_s"),
+        "train_images": read_json(REPO / args.data_root / args.competition / "meta.json")["counts"]["train"],
+        "curve": curve_from_metrics(rows),
         "seconds": timings, "total_seconds": total, "submission": str(submission),
         "submitted_run": submitted,
         "val_note": ("val figures are the held-out model's; the submitted model was refit on all "

@@ -9,6 +9,7 @@ metrics, so seconds per epoch and the fixed start-up cost can be told apart.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ SCHEMA = 1
 
 def record_name(record: dict[str, Any]) -> str:
     """<recipe>-e<epochs>-s<seed>.json: a run at another epoch count never overwrites this one."""
-    if record.get("kind") == "ensemble":
-        return f"ensemble-{len(record['members'])}runs.json"
+    if record.get("kind") == "ensemble":  # named by its members: another blend is another record
+        members = hashlib.sha256(" ".join(sorted(record["members"])).encode()).hexdigest()[:8]
+        return f"ensemble-{len(record['members'])}runs-{members}.json"
     return f"{recipe_of(record)}-e{record['epochs']:g}-s{record['seed']}.json"
 
 
@@ -40,6 +42,14 @@ def curve_from_metrics(rows: Iterable[dict[str, Any]]) -> list[dict[str, float]]
         curve.append({"epoch": row["epoch"], "val_acc": row.get("val_acc"), "seconds": round(total, 3),
                       "img_per_s": row.get("img_per_s")})
     return curve
+
+
+def write_record(root: str | Path, machine_id: str, record: dict[str, Any]) -> Path:
+    """root/<machine_id>/<record_name>: a rerun of the same (recipe, epochs, seed) replaces its record."""
+    from pipeline.artifacts import atomic_write_json
+
+    record = {k: v for k, v in record.items() if k not in ("machine_id", "path")}
+    return atomic_write_json(Path(root) / machine_id / record_name(record), {"schema": SCHEMA, **record})
 
 
 def read_records(root: str | Path = RECORDS_DIR) -> list[dict[str, Any]]:
@@ -91,7 +101,8 @@ def points(records: Iterable[dict[str, Any]], machine_id: str) -> list[Point]:
     for (config, epochs), group in groups.items():
         out.append(Point(f"{Path(config).stem} {epochs:g} ep", config, epochs,
                          statistics.fmean(best_tta(g) for g in group),
-                         statistics.fmean(g["seconds"]["train"] for g in group), len(group)))
+                         statistics.fmean(g["seconds"]["train"] for g in group),
+                         sum(int(g.get("seeds_averaged", 1)) for g in group)))
     return sorted(out, key=lambda p: (p.seconds, -p.acc))
 
 

@@ -146,3 +146,27 @@ def test_make_train_with_only_a_budget_plans_with_recipe_auto(tmp_path):
     missing = make("train", "COMPETITION=digits", "BUDGET=30", "RUN=b", f"TRAIN_ARGS=--records {tmp_path}/no",
                    check=False)
     assert missing.returncode != 0 and f"no leaderboard records in {tmp_path}/no/" in missing.stderr
+
+
+def test_leaderboard_redraws_the_frontier_from_records_alone(tmp_path, capsys):
+    from bench import leaderboard
+    from bench.machine import machine_summary
+
+    here = machine_summary()["id"]
+    root = plant(tmp_path / "lb", here, record("configs/a.yaml", 4, 0.85, 300), record("configs/a.yaml", 8, 0.90, 600),
+                 record("configs/b.yaml", 8, 0.88, 900))
+    plant(root, THERE, record("configs/c.yaml", 1, 0.99, 10))
+    png = tmp_path / "frontier.png"
+    leaderboard.main(["--from-records", "--records", str(root), "--png", str(png), "--no-readme"])
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert "3 points, frontier: a 4 ep, a 8 ep" in capsys.readouterr().out  # b: slower and worse; c: elsewhere
+    with pytest.raises(SystemExit, match="no records of this machine"):
+        leaderboard.main(["--from-records", "--records", str(tmp_path / "none"), "--png", str(png), "--no-readme"])
+
+
+def test_leaderboard_recipes_take_epochs_and_seeds():
+    from bench.leaderboard import parse_recipe, run_name
+
+    assert parse_recipe("configs/a.yaml@5:2", 1) == [("configs/a.yaml", 5.0, 0), ("configs/a.yaml", 5.0, 1)]
+    assert parse_recipe("configs/a.yaml", 1) == [("configs/a.yaml", None, 0)]
+    assert run_name("configs/a.yaml", 1, 5.0) == "lb-a-e5-s1" and run_name("configs/a.yaml", 0) == "lb-a-s0"
