@@ -22,6 +22,7 @@ from pathlib import Path
 from bench.chain import REPO, Chain
 from bench.machine import machine_summary
 from pipeline.artifacts import atomic_write_json, read_json
+from pipeline.run_layout import MANIFEST
 from pipeline.train.logbook import read_metrics
 
 RECIPES = ("configs/airbench94.yaml", "configs/airbench94-muon.yaml", "configs/resnet20-cpu-quality.yaml")
@@ -35,7 +36,7 @@ def measure(config: str, args: argparse.Namespace) -> dict:
         print("==", " ".join(cmd[2:]), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "PIPELINE_CACHE_DIR": cache})
     run_dir = REPO / args.runs_dir / run
-    probe = read_json(run_dir / "manifest.json").get("probe") or {}
+    probe = read_json(run_dir / MANIFEST).get("probe") or {}
     epochs = [r["img_per_s"] for r in read_metrics(run_dir)][:args.epochs]
     real = statistics.median(epochs) if epochs else None
     ratio = real / probe["img_per_s"] if real and probe.get("img_per_s") else None
