@@ -21,7 +21,10 @@ COMPETITION ?= cifar10
 # Stage arguments with no default here (SOURCE KAGGLE LIMIT MODEL EPOCHS DEVICE CONFIG TRAIN_ARGS TTA
 # CHECKPOINT RUNS ENSEMBLE_ARGS): a stage gets a flag only for what was given, so a CONFIG's values and
 # each stage's own defaults hold otherwise.
-MODEL_NAME = $(or $(MODEL),$(if $(CONFIG),$(shell sed -n 's/^model:[[:space:]]*\([^[:space:]#]*\).*/\1/p' $(CONFIG) 2>/dev/null | head -n 1)),resnet20)
+# BUDGET without MODEL or CONFIG: `--recipe auto` picks the recipe and epochs for the budget from the
+# leaderboard records (results/leaderboard/), so the run is <competition>-auto.
+AUTO_RECIPE = $(if $(BUDGET),$(if $(MODEL)$(CONFIG),,1))
+MODEL_NAME = $(or $(MODEL),$(if $(CONFIG),$(shell sed -n 's/^model:[[:space:]]*\([^[:space:]#]*\).*/\1/p' $(CONFIG) 2>/dev/null | head -n 1)),$(if $(AUTO_RECIPE),auto),resnet20)
 RUN ?= $(COMPETITION)-$(subst :,-,$(MODEL_NAME))
 SUBMIT_ARGS ?=
 DATA_ROOT ?= data
@@ -49,7 +52,9 @@ DATA_SRC := $(CORE_SRC) $(wildcard pipeline/data/*.py) pipeline/flips.py pipelin
 MODEL_SRC := $(CORE_SRC) $(wildcard pipeline/models/*.py) pipeline/checkpoint.py pipeline/runtime.py pipeline/machine.py
 LOADER_SRC := $(DATASET_SRC) $(wildcard pipeline/augment/*.py) pipeline/flips.py
 TRAIN_SRC = $(MODEL_SRC) $(LOADER_SRC) $(wildcard pipeline/train/*.py) pipeline/hints.py pipeline/plots.py \
-	$(filter %.yaml %.yml,$(TRAIN_OPTS))
+	pipeline/records.py $(filter %.yaml %.yml,$(TRAIN_OPTS)) $(AUTO_INPUTS)
+# --recipe auto's choice is made from the leaderboard records and the recipes' configs: both are inputs
+AUTO_INPUTS = $(if $(filter auto,$(TRAIN_OPTS)),$(wildcard results/leaderboard/*/*.json) $(wildcard configs/*.yaml))
 PREDICT_SRC := $(MODEL_SRC) $(LOADER_SRC) pipeline/predict.py pipeline/tta.py
 ENSEMBLE_SRC := $(CORE_SRC) $(DATASET_SRC) pipeline/ensemble.py pipeline/submission.py
 
@@ -79,7 +84,8 @@ TRAIN_KEY := train-$(RUN)
 TRAIN_VARS := MODEL EPOCHS BUDGET CONFIG TRAIN_ARGS
 # A run trained outside make (no saved options) is retrained, if ever stale, from its own config.yaml.
 TRAIN_OPTS := $(call options,$(TRAIN_KEY),$(if $(MODEL),--model $(MODEL)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-	$(if $(BUDGET),--time-budget $(BUDGET)) $(if $(CONFIG),--config $(CONFIG)) $(TRAIN_ARGS),$(TRAIN_VARS),\
+	$(if $(BUDGET),--time-budget $(BUDGET)) $(if $(AUTO_RECIPE),--recipe auto) $(if $(CONFIG),--config $(CONFIG)) \
+	$(TRAIN_ARGS),$(TRAIN_VARS),\
 	$(if $(wildcard $(RUN_DIR)/config.yaml),--config $(RUN_DIR)/config.yaml))
 # make retrains a stale run into a staging folder that replaces it only once training completes
 # (TRAIN_ARGS=--extend: continue it when only EPOCHS grew); --resume or --overwrite choose otherwise.
@@ -104,7 +110,7 @@ PREDICT_STALE := $(call stale,$(PREDICT_KEY),$(PREDICT_OPTS),$(PREDICT_VARS))
 ENSEMBLE_STALE := $(sort $(call stale,$(ENSEMBLE_KEY).runs,$(ENSEMBLE_RUNS),RUNS RUN) \
 	$(call stale,$(ENSEMBLE_KEY).opts,$(ENSEMBLE_OPTS),ENSEMBLE_ARGS))
 
-.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab lab-tables demo smoke test test-gpu test-slow bench bench-models bench-engine bench-step bench-data bench-lab bench-augment quality leaderboard device-check info zoo clean-demo
+.PHONY: FORCE use help venv data train predict ensemble submit validate report sweep lab lab-tables demo smoke test test-gpu test-slow bench bench-models bench-engine bench-step bench-data bench-lab bench-augment quality leaderboard leaderboard-plot bench-probe device-check info zoo clean-demo
 
 FORCE:
 
@@ -131,7 +137,7 @@ $(DATA_DIR)/meta.json: $(VENV_STAMP) $(DATA_SRC) $(DATA_STALE)
 	$(PY) -m pipeline data $(DATA_ARGS)
 	$(call save_args,$(DATA_KEY),$(DATA_OPTS))
 
-train: $(RUN_DIR)/manifest.json ## Train MODEL on COMPETITION into checkpoints/<run>
+train: $(RUN_DIR)/manifest.json ## Train MODEL on COMPETITION into checkpoints/<run> (BUDGET=s alone: the best recipe for it)
 
 $(RUN_DIR)/manifest.json: $(DATA_DIR)/meta.json $(TRAIN_SRC) $(TRAIN_STALE)
 	$(PY) -m pipeline train $(TRAIN_CMD)
@@ -218,9 +224,16 @@ quality: $(VENV_STAMP) ## A recipe end to end on the shared CIFAR-10 bundle (CON
 	$(PY) -m bench.quality --source $(SHARED_BUNDLE) --config $(or $(CONFIG),configs/resnet20-cpu-quality.yaml) \
 		$(if $(SEED),--seed $(SEED)) $(if $(FINAL_FIT),--final-fit)
 
-leaderboard: $(VENV_STAMP) ## The recipes that fit this machine + their greedy ensemble -> bench/results/leaderboard.md and README
+leaderboard: $(VENV_STAMP) ## The recipes that fit this machine + their greedy ensemble -> records in results/leaderboard/, the frontier PNG, README (LEADERBOARD_ARGS="--recipes configs/x.yaml@EPOCHS:SEEDS ...")
 	@test -f $(SHARED_BUNDLE) || { echo "leaderboard: $(SHARED_BUNDLE) not found (the shared CIFAR-10 bundle)"; exit 1; }
 	$(PY) -m bench.leaderboard --source $(SHARED_BUNDLE) $(if $(SEEDS),--seeds $(SEEDS)) $(LEADERBOARD_ARGS)
+
+leaderboard-plot: $(VENV_STAMP) ## Redraw bench/results/leaderboard.png (accuracy vs training time) from results/leaderboard/ alone
+	$(PY) -m bench.leaderboard --from-records
+
+bench-probe: $(VENV_STAMP) ## Each recipe's probe img/s vs its first real epochs' (ratio; PROBE_RECIPES=configs/a.yaml ...)
+	@test -f $(SHARED_BUNDLE) || { echo "bench-probe: $(SHARED_BUNDLE) not found (the shared CIFAR-10 bundle)"; exit 1; }
+	$(PY) -m bench.probe_honesty --source $(SHARED_BUNDLE) $(if $(PROBE_RECIPES),--recipes $(PROBE_RECIPES))
 
 # No $(VENV_STAMP) here: a lent GPU has no .venv and no internet to build one, so the check runs
 # under that machine's own python3 (torch, torchvision, timm, scikit-learn, ...) when .venv is absent.

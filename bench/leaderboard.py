@@ -8,8 +8,14 @@ Greedy selection fits its weights on val, so its val accuracy flatters it; the t
 cross-fitted figure (select on one half of val, score on the other, both ways) and says plainly
 whether that beats the best single run.
 
-Writes bench/results/leaderboard.md and .json and, with --readme, the table between the
-leaderboard markers of README.md.
+Each run's figures, with its per-epoch curve, are also kept as a record in the tracked folder
+results/leaderboard/<machine_id>/ (pipeline/records.py), where `train --recipe auto` plans from them;
+a recipe may run at another epoch count (PATH@EPOCHS) so that it has several points. The
+accuracy-vs-time frontier of this machine's records is drawn to bench/results/leaderboard.png
+(--from-records: only that, from the records, training nothing).
+
+Writes bench/results/leaderboard.md and .json and, with --readme, the table and the picture between
+the leaderboard markers of README.md.
 """
 from __future__ import annotations
 
@@ -25,32 +31,76 @@ import torch
 
 from bench.chain import REPO, Chain
 from bench.machine import machine_summary
-from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json
+from pipeline import records as lb_records
+from pipeline.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from pipeline.ensemble import combine, correct_count
 from pipeline.info import markdown_table
 from pipeline.run_layout import VAL_LABELS, VAL_LOGITS
 
-# PATH[:SEEDS]: airbench94's target is a mean over 2 seeds at least; a GPU runs 5 of everything.
+# PATH[@EPOCHS][:SEEDS]: airbench94's target is a mean over 2 seeds at least; a GPU runs 5 of everything.
 CPU_RECIPES = ("configs/airbench94.yaml:2", "configs/airbench94-muon.yaml", "configs/resnet20-cpu-quality.yaml")
 GPU_RECIPES = ("configs/airbench94.yaml", "configs/airbench94-muon.yaml", "configs/resnet20-cpu-quality.yaml",
                "configs/resnet20-gpu-fast.yaml", "configs/resnet56-gpu-ensemble.yaml")
 README_START, README_END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 
 
-def run_name(config: str, seed: int) -> str:
-    return f"lb-{Path(config).stem}-s{seed}"
+PNG = REPO / "bench" / "results" / "leaderboard.png"
 
 
-def run_recipe(args, config: str, seed: int, results_dir: Path) -> dict:
-    """The recipe's figures: quality.py runs what make finds stale (nothing when all is up to date)."""
-    run = run_name(config, seed)
+def run_name(config: str, seed: int, epochs: float | None = None) -> str:
+    """lb-<recipe>[-e<epochs>]-s<seed>: a recipe at another epoch count is another run."""
+    return f"lb-{Path(config).stem}{f'-e{epochs:g}' if epochs is not None else ''}-s{seed}"
+
+
+def parse_recipe(item: str, seeds: int) -> list[tuple[str, float | None, int]]:
+    """'configs/x.yaml@5:2' -> [(configs/x.yaml, 5.0, 0), (configs/x.yaml, 5.0, 1)]; no @: the config's epochs."""
+    head, _, count = item.partition(":")
+    config, _, epochs = head.partition("@")
+    try:
+        return [(config, float(epochs) if epochs else None, seed) for seed in range(int(count) if count else seeds)]
+    except ValueError:
+        raise SystemExit(f"--recipes {item}: expected CONFIG[@EPOCHS][:SEEDS], e.g. configs/airbench94.yaml@5:2")
+
+
+def run_recipe(args, config: str, epochs: float | None, seed: int, results_dir: Path) -> dict:
+    """The recipe's figures: quality.py runs what make finds stale (nothing when all is up to date);
+    kept as this machine's record too."""
+    run = run_name(config, seed, epochs)
     out = results_dir / f"{run}.json"
     cmd = [sys.executable, "-m", "bench.quality", "--source", args.source, "--config", config,
            "--seed", str(seed), "--run", run, "--out", str(out), "--runs-dir", args.runs_dir,
-           "--tta", args.tta, *(["--rerun"] if args.rerun else [])]
+           "--tta", args.tta, *([f"--train-arg=--epochs {epochs:g}"] if epochs is not None else []),
+           *(["--rerun"] if args.rerun else [])]
     print(f"\n== {run}: {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
-    return read_json(out)
+    result = read_json(out)
+    machine = result["machine"]
+    lb_records.write_record(REPO / args.records, machine["id"], {**result, "source": "make leaderboard",
+                                                                 "machine_label": machine["label"]})
+    return result
+
+
+def ensemble_record(blend: dict, results: list[dict]) -> dict:
+    """The blend as a record: its cross-fitted accuracy (the honest one) for the training time of
+    the runs it takes (weight > 0)."""
+    train_s = {r["run"]: (r.get("seconds") or {}).get("train") or 0.0 for r in results}
+    members = [run for run, w in zip(blend["runs"], blend["weights"]) if w]
+    return {"kind": "ensemble", "members": members, "val_acc": blend["crossfit_val_acc"],
+            "greedy_val_acc": blend["greedy_val_acc"], "seconds": sum(train_s[m] for m in members),
+            "date": dt.datetime.now().isoformat(timespec="seconds"), "source": "make leaderboard"}
+
+
+def draw_frontier(root: Path, machine: dict, png: Path = PNG) -> Path | None:
+    """bench/results/leaderboard.png from this machine's records; None when it has none."""
+    from pipeline import plots
+
+    found = lb_records.points(lb_records.read_records(root), machine["id"])
+    if not found:
+        return None
+    front = lb_records.pareto(found)
+    atomic_write_bytes(png, plots.frontier(found, front, f"CIFAR-10 recipes on {machine['label']}"))
+    print(f"{png}: {len(found)} points, frontier: " + ", ".join(p.label for p in front))
+    return png
 
 
 def ensemble(args, runs: list[str]) -> dict:
@@ -80,10 +130,10 @@ def whole(value) -> str:
 
 def recipe_rows(results: list[dict]) -> list[list[str]]:
     rows = []
-    by_config: dict[str, list[dict]] = {}
+    by_config: dict[tuple, list[dict]] = {}
     for r in results:
-        by_config.setdefault(r["config"], []).append(r)
-    for config, group in by_config.items():
+        by_config.setdefault((r["config"], r["epochs"]), []).append(r)
+    for (config, _), group in by_config.items():
         def mean(values):
             values = [v for v in values if v is not None]
             return statistics.fmean(values) if values else None
@@ -129,37 +179,67 @@ def update_readme(table: str) -> None:
     atomic_write_text(readme, f"{head}{README_START}\n{table}{README_END}{tail}")
 
 
-def main() -> None:
+PICTURE = ("![Accuracy (val, best TTA, mean over seeds) against training time of every recipe, epoch count "
+           "and ensemble measured on this machine; the dashed line is the frontier]"
+           "(bench/results/leaderboard.png)")
+
+
+def embed_picture() -> None:
+    """The frontier picture inside README's leaderboard section, once (after the table)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split(README_START, 1)[-1].split(README_END, 1)[0]
+    if PICTURE not in section:
+        update_readme(section.strip("\n") + f"\n\n{PICTURE}\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", required=True, help="the Kaggle-style CIFAR-10 zip")
+    parser.add_argument("--source", help="the Kaggle-style CIFAR-10 zip (not needed with --from-records)")
     on_gpu = torch.cuda.is_available()
     parser.add_argument("--recipes", nargs="+", default=list(GPU_RECIPES if on_gpu else CPU_RECIPES),
-                        metavar="CONFIG[:SEEDS]")
+                        metavar="CONFIG[@EPOCHS][:SEEDS]")
     parser.add_argument("--seeds", type=int, default=5 if on_gpu else 1, help="seeds of a recipe without :N")
     parser.add_argument("--tta", default="none,flip,flip+shift,airbench")
     parser.add_argument("--rounds", type=int, default=20, help="greedy selection rounds")
     parser.add_argument("--runs-dir", default="checkpoints")
+    parser.add_argument("--records", default=str(lb_records.RECORDS_DIR), help="the tracked records' folder")
     parser.add_argument("--rerun", action="store_true", help="retrain even where make finds a run up to date")
+    parser.add_argument("--from-records", action="store_true",
+                        help="only redraw bench/results/leaderboard.png from this machine's records (no training)")
+    parser.add_argument("--png", default=str(PNG), help="where the frontier picture goes")
     parser.add_argument("--no-readme", dest="readme", action="store_false")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not args.from_records and not args.source:
+        parser.error("--source is required (or --from-records)")
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    machine = machine_summary()
+    if args.from_records:
+        if draw_frontier(REPO / args.records, machine, Path(args.png)) is None:
+            raise SystemExit(f"{args.records}/{machine['id']}: no records of this machine "
+                             f"({machine['label']}) to draw; `make leaderboard` writes them")
+        if args.readme:
+            embed_picture()
+        return
     results_dir = REPO / "bench" / "results" / "leaderboard"
-    plan = []
-    for item in args.recipes:
-        config, _, count = item.partition(":")
-        plan += [(config, seed) for seed in range(int(count) if count else args.seeds)]
-    results = [run_recipe(args, config, seed, results_dir) for config, seed in plan]
+    plan = [run for item in args.recipes for run in parse_recipe(item, args.seeds)]
+    results = [run_recipe(args, config, epochs, seed, results_dir) for config, epochs, seed in plan]
     runs = [r["run"] for r in results]
     blend = ensemble(args, runs) if len(runs) > 1 else None
-    machine = machine_summary()
+    if blend is not None:
+        lb_records.write_record(REPO / args.records, machine["id"], ensemble_record(blend, results))
     table = render(results, blend, machine)
     print("\n" + table)
     atomic_write_text(REPO / "bench" / "results" / "leaderboard.md", table)
     atomic_write_json(REPO / "bench" / "results" / "leaderboard.json",
                       {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine,
                        "runs": results, "ensemble": blend})
+    drawn = draw_frontier(REPO / args.records, machine, Path(args.png))
     if args.readme:
-        update_readme(table)
+        update_readme(table + (f"\n{PICTURE}\n" if drawn else ""))
         print("README.md leaderboard table updated")
 
 

@@ -5,12 +5,13 @@ import os
 
 import torch
 
-from pipeline.machine import SPEED_FLAGS, cpu_model  # noqa: F401  (SPEED_FLAGS: re-exported)
+from pipeline.machine import SPEED_FLAGS, cpu_model, machine_id, machine_label  # noqa: F401  (SPEED_FLAGS: re-exported)
 
 
 def machine_summary() -> dict:
     name, flags = cpu_model()
     summary = {"cpu": name, "cpu_flags": flags, "cores": os.cpu_count(), "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    summary["label"] = summary["gpu"] or f"{name}, {summary['cores']} cores ({' '.join(flags) or 'no AVX2'})"
+    summary["label"] = machine_label()  # the records' folder (machine_id) is named from it
+    summary["id"] = machine_id(summary["label"])
     return summary

@@ -21,6 +21,7 @@ from bench.chain import REPO, Chain
 from bench.machine import machine_summary
 from pipeline.artifacts import atomic_write_json, read_json, sha256_file
 from pipeline.config import load_yaml
+from pipeline.records import curve_from_metrics
 from pipeline.run_layout import MANIFEST, PREDICT_JSON
 from pipeline.train.logbook import read_metrics
 
@@ -114,8 +115,10 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine_summary(), "config": args.config, "run": run, "model": config.get("model"),
         "config_sha256": sha256_file(REPO / args.config),
         "seed": args.seed if args.seed is not None else config.get("seed", 0),
-        "epochs": config.get("epochs"), "checkpoint": args.checkpoint, "train_args": args.train_arg,
-        **run_figures(REPO / args.runs_dir / run),
+        # the epochs the run trained (a --train-arg --epochs N or a time budget changes the config's)
+        "recipe_epochs": config.get("epochs"), "checkpoint": args.checkpoint, "train_args": args.train_arg,
+        **run_figures(REPO / args.runs_dir / run, default_epochs=config.get("epochs")),
+        "train_images": read_json(REPO / args.data_root / args.competition / "meta.json")["counts"]["train"],
         "seconds": timings, "total_seconds": total, "submission": str(submission),
         "submitted_run": submitted,
         "val_note": ("val figures are the held-out model's; the submitted model was refit on all "
@@ -126,16 +129,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {out}")
 
 
-def run_figures(run_dir: Path) -> dict:
+def run_figures(run_dir: Path, default_epochs: float | None = None) -> dict:
     """A trained and predicted run's accuracies and speed, read from its own files (also what
-    bench/device_check.py reports per recipe)."""
+    bench/device_check.py reports per recipe), with its per-epoch curve and the probe's img/s
+    beside the epochs' own (how far the probe missed them is --recipe auto's correction)."""
     train_manifest = read_json(run_dir / MANIFEST)
     predicted = read_json(run_dir / PREDICT_JSON)
     history = train_manifest["metrics"].get("final") or {}
-    speeds = sorted(r["img_per_s"] for r in read_metrics(run_dir))
-    return {"final_val_acc": history.get("val_acc"), "best_val_acc": train_manifest["metrics"].get("best_val_acc"),
+    rows = read_metrics(run_dir)
+    speeds = sorted(r["img_per_s"] for r in rows)
+    return {"epochs": train_manifest.get("config", {}).get("epochs", default_epochs),
+            "final_val_acc": history.get("val_acc"), "best_val_acc": train_manifest["metrics"].get("best_val_acc"),
             "tta_val_acc": predicted.get("metrics", {}).get("val_accuracy"), "tta_saved": predicted.get("tta"),
-            "train_img_per_s": speeds[len(speeds) // 2] if speeds else None}
+            "train_img_per_s": speeds[len(speeds) // 2] if speeds else None,
+            "probe_img_per_s": (train_manifest.get("probe") or {}).get("img_per_s"),
+            "curve": curve_from_metrics(rows)}
 
 
 def tta_most_complete(levels: str) -> str:

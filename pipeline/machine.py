@@ -33,3 +33,27 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     name, flags = cpu_model()
     return f"{name} [{' '.join(flags) or 'no avx2'}] x{torch.get_num_threads()} threads"
+
+
+def machine_label() -> str:
+    """What a speed figure was measured on, as one line: the GPU's name, else the CPU model, core
+    count and speed flags (bench/machine.py's label, which the leaderboard has always printed)."""
+    import os
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    name, flags = cpu_model()
+    return f"{name}, {os.cpu_count()} cores ({' '.join(flags) or 'no AVX2'})"
+
+
+def machine_id(label: str | None = None) -> str:
+    """A folder name for `label`'s figures: a readable slug, then a hash of the whole label, so
+    two machines whose slugs agree (same model name, other flags or core count) never share one."""
+    import hashlib
+    import re
+
+    label = label if label is not None else machine_label()
+    words = re.sub(r"\((r|tm)\)|\b(cpu|processor)\b", " ", label.split(",")[0], flags=re.I)
+    slug = "-".join(re.findall(r"[a-z0-9]+", words.lower()))[:32].strip("-") or "machine"
+    cores = re.search(r"(\d+) cores", label)
+    return f"{slug}{'-' + cores.group(1) + 'c' if cores else ''}-{hashlib.sha256(label.encode()).hexdigest()[:8]}"

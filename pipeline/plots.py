@@ -176,3 +176,29 @@ def compare_curves(histories: Sequence[tuple[str, Sequence[dict[str, Any]]]]) ->
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return to_png(fig)
+
+
+def frontier(points: Sequence[Any], front: Sequence[Any], title: str) -> bytes:
+    """Accuracy against training seconds of every (recipe, epochs) point and ensemble (records.Point),
+    one colour per recipe, the Pareto frontier joined: the picture a user chooses a recipe from."""
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    recipes = sorted({p.label.rsplit(" ", 2)[0] if p.kind == "recipe" else "ensemble" for p in points})
+    colours = {name: f"C{i % 10}" for i, name in enumerate(recipes)}
+    for p in points:
+        name = p.label.rsplit(" ", 2)[0] if p.kind == "recipe" else "ensemble"
+        ax.scatter(p.seconds / 60, 100 * p.acc, color=colours[name], marker="*" if p.kind == "ensemble" else "o",
+                   s=90 if p.kind == "ensemble" else 40, zorder=3)
+        tag = f"{p.epochs:g} ep" if p.kind == "recipe" else p.label
+        ax.annotate(f"{tag} ({p.runs} seeds)" if p.runs > 1 and p.kind == "recipe" else tag, (p.seconds / 60, 100 * p.acc), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    if front:
+        # a step: the accuracy a budget buys is the best point left of it, not a line between two
+        ax.plot([p.seconds / 60 for p in front], [100 * p.acc for p in front], "k--", lw=1, zorder=2,
+                drawstyle="steps-post")
+    handles = [Line2D([], [], color=c, marker="o", ls="", label=n) for n, c in colours.items()]
+    handles.append(Line2D([], [], color="k", ls="--", label="frontier (nothing faster is as accurate)"))
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.set(xlabel="training time (minutes, the train stage)", ylabel="val accuracy, best TTA (%)", title=title)
+    ax.grid(alpha=0.3)
+    return to_png(fig)

@@ -108,6 +108,7 @@ class BudgetClock:
     planned_steps: int = 0  # the plan as first made, kept beside any replans
     plan_line: str = ""
     schedule_steps: int = 0  # the lr schedule's own length (a compressed one reaches its end sooner)
+    max_steps: int | None = None  # --recipe auto: never past the epochs its records measured
     replans: list[Replan] = field(default_factory=list)
     now: Callable[[], float] = time.time
     _train_s: float = 0.0  # training seconds measured so far (finished epochs)
@@ -118,7 +119,8 @@ class BudgetClock:
         """Size the run from the estimates: total optimizer steps (sets planned_epochs too)."""
         available = (self.budget_s - self.elapsed()) * PLAN_SHARE
         self.total_steps = plan_steps(available, step_s=self.step_s, epoch_overhead_s=self.epoch_overhead_s,
-                                      final_s=self.final_s, steps_per_epoch=self.steps_per_epoch)
+                                      final_s=self.final_s, steps_per_epoch=self.steps_per_epoch,
+                                      max_steps=self.max_steps)
         self.planned_epochs = round(self.total_steps / self.steps_per_epoch, 4)
         return self.total_steps
 
@@ -161,7 +163,8 @@ class BudgetClock:
         overhead = max(self._overheads) if self._overheads else self.epoch_overhead_s
         final = max(self.final_s, overhead)
         fit = plan_steps(self.budget_s - self.elapsed(), step_s=step_s, epoch_overhead_s=overhead, final_s=final,
-                         steps_per_epoch=self.steps_per_epoch, done_steps=done_steps, done_epochs=done_epochs)
+                         steps_per_epoch=self.steps_per_epoch, done_steps=done_steps, done_epochs=done_epochs,
+                         max_steps=self.max_steps)
         stretch = schedule_done < STRETCH_BEFORE and fit >= STRETCH_MIN_GAIN * self.total_steps
         if fit >= self.total_steps and not stretch:
             return None
@@ -200,7 +203,9 @@ def plan_budget(cfg: TrainConfig, module: nn.Module, probed: ProbeResult, data: 
                             batch_size=cfg.batch_size * dist_info.world_size,
                             step_s=cfg.batch_size / probed.img_per_s, epoch_overhead_s=overhead_s,
                             final_s=overhead_s)
-        if cfg.resume:
+        if cfg.recipe == "auto" and not cfg.resume:
+            _plan_from_records(clock, cfg)
+        elif cfg.resume:
             epochs = float(load_yaml(run_dir / CONFIG)["epochs"])
             clock.total_steps = total_steps(epochs, steps_per_epoch)
             clock.planned_epochs = epochs
@@ -211,6 +216,17 @@ def plan_budget(cfg: TrainConfig, module: nn.Module, probed: ProbeResult, data: 
             log.info("%s", clock.freeze_plan())
     clock = distributed.broadcast_object(clock)
     return dataclasses.replace(cfg, epochs=clock.planned_epochs), clock
+
+
+def _plan_from_records(clock: BudgetClock, cfg: TrainConfig) -> None:
+    """--recipe auto: the epochs it chose from the epochs actually seen on this machine (its records),
+    not from the probe, whose bare steps run faster than real epochs; the live checks still keep
+    the run inside the budget, and never take it past those epochs."""
+    clock.max_steps = clock.total_steps = total_steps(cfg.epochs, clock.steps_per_epoch)
+    clock.planned_epochs = cfg.epochs
+    clock.freeze_plan()
+    clock.plan_line = f"budget {cfg.time_budget:g} s -> {cfg.epochs:g} epochs, as --recipe auto planned them"
+    log.info("%s", clock.plan_line)
 
 
 def _epoch_overhead_s(cfg: TrainConfig, module: nn.Module, data: PreparedData, n_val: int,

@@ -143,6 +143,12 @@ class TrainConfig:
     time_budget: float = _opt(0.0, "Train for this many seconds in all (0 = off): the epochs are planned from "
                                    "the measured speed; a run that falls behind ends its schedule sooner.",
                           resumable=True)
+    recipe: str = _opt("none", "auto: with --time-budget, train the recipe (config) and epoch count expected to "
+                               "score highest within the budget on this machine, from the leaderboard records "
+                               "in --records (none: the config and flags given).", choices=("none", "auto"))
+    records: str = _opt("results/leaderboard", "Folder of leaderboard records (<machine>/<run>.json) that "
+                                               "--recipe auto plans from.", resumable=True)
+    recipe_note: str = _opt("", "Written by --recipe auto: what it picked and why.", hidden=True, resumable=True)
     workers: int = _opt(2, "Data-loader worker processes.", resumable=True)
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.", resumable=True)
     final_fit: bool = _opt(False, "Train on every labelled image (train + val split): the last fit before a "
