@@ -211,7 +211,7 @@ test: $(VENV_STAMP) ## Run the test suite
 	$(PY) -m pytest -q
 
 test-gpu: $(VENV_STAMP) ## The CUDA tests (fp16+GradScaler resume, bf16, compile, GPU loader, predict); skip without a GPU
-	$(PY) -m pytest -q -rs -m cuda
+	$(PY) -m pytest -q -rs -m cuda $$(grep -l "mark.cuda" tests/*.py)
 
 test-slow: $(VENV_STAMP) ## Tests left out of `make test` for their CPU minutes (real inductor compile)
 	$(PY) -m pytest -q -rs -m slow

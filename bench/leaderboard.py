@@ -32,6 +32,7 @@ import torch
 from bench.chain import REPO, Chain
 from bench.machine import machine_summary
 from pipeline import records as lb_records
+from pipeline.config import load_yaml
 from pipeline.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from pipeline.ensemble import combine, correct_count
 from pipeline.info import markdown_table
@@ -103,6 +104,22 @@ def draw_frontier(root: Path, machine: dict, png: Path = PNG) -> Path | None:
     return png
 
 
+def budget_plan(args, machine: dict) -> list[tuple[str, float | None, int]]:
+    """--ensemble-budget S: the diverse runs whose expected training time (this machine's records)
+    sums to at most S (pipeline/ensemble_plan.py), as (config, epochs, seed)."""
+    from pipeline.ensemble_plan import plan
+
+    members = plan(lb_records.read_records(REPO / args.records), machine["id"], args.ensemble_budget,
+                   args.train_images, args.records)
+    total = sum(m.seconds for m in members)
+    print(f"ensemble plan for {args.ensemble_budget:g} s of training: " + ", ".join(
+        f"{Path(m.config).stem} {m.epochs:g} ep seed {m.seed} (~{m.seconds:.0f} s, {100 * m.acc:.1f}%)"
+        for m in members) + f"; ~{total:.0f} s expected", flush=True)
+    # at the config's own epochs a member is the plain run (lb-<recipe>-s<seed>), reused if made before
+    return [(m.config, None if m.epochs == load_yaml(REPO / m.config).get("epochs") else m.epochs, m.seed)
+            for m in members]
+
+
 def ensemble(args, runs: list[str]) -> dict:
     out = REPO / "submissions" / "leaderboard-predictions.csv"
     Chain({"RUNS": " ".join(runs), "RUNS_DIR": args.runs_dir, "SUBMISSION": str(out.relative_to(REPO)),
@@ -161,11 +178,13 @@ def render(results: list[dict], blend: dict | None, machine: dict) -> str:
     if blend is not None:
         verdict = ("beats" if blend["crossfit_val_acc"] > blend["best_member_val_acc"] else "does not beat")
         weights = ", ".join(f"{run} x{w:g}" for run, w in zip(blend["runs"], blend["weights"]) if w)
-        lines += ["", f"Greedy ensemble ({weights}): {pct(blend['greedy_val_acc'])}% val with weights fitted on "
-                  f"val (optimistic); cross-fitted (fit on half of val, score on the other half) "
-                  f"{pct(blend['crossfit_val_acc'])}%; plain mean of all runs {pct(blend['mean_of_all_val_acc'])}%. "
-                  f"Best single run: {blend['best_member']} {pct(blend['best_member_val_acc'])}%, so the "
-                  f"ensemble {verdict} its best member (cross-fitted figure)."]
+        train_s = sum((r.get("seconds") or {}).get("train") or 0.0 for r in results if r["run"] in blend["runs"])
+        lines += ["", f"**Ensemble: {pct(blend['crossfit_val_acc'])}% val, cross-fitted** (greedy weights fitted on "
+                  f"one half of val and scored on the other, both ways) from {train_s / 60:.0f} min of training in "
+                  f"all ({weights}); with weights fitted on all of val {pct(blend['greedy_val_acc'])}% "
+                  f"(optimistic); plain mean of all runs {pct(blend['mean_of_all_val_acc'])}%. Best single run: "
+                  f"{blend['best_member']} {pct(blend['best_member_val_acc'])}%, so the ensemble {verdict} its best "
+                  "member (cross-fitted figure)."]
     return "\n".join(lines) + "\n"
 
 
@@ -201,6 +220,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=5 if on_gpu else 1, help="seeds of a recipe without :N")
     parser.add_argument("--tta", default="none,flip,flip+shift,airbench")
     parser.add_argument("--rounds", type=int, default=20, help="greedy selection rounds")
+    parser.add_argument("--ensemble-budget", type=float, default=0.0, metavar="SECONDS",
+                        help="instead of --recipes: the diverse runs whose expected training time on this "
+                             "machine (its records) fits SECONDS in all, then their blend")
+    parser.add_argument("--train-images", type=int, default=45_000, help="images per epoch the plan assumes")
     parser.add_argument("--runs-dir", default="checkpoints")
     parser.add_argument("--records", default=str(lb_records.RECORDS_DIR), help="the tracked records' folder")
     parser.add_argument("--rerun", action="store_true", help="retrain even where make finds a run up to date")
@@ -225,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
             embed_picture()
         return
     results_dir = REPO / "bench" / "results" / "leaderboard"
-    plan = [run for item in args.recipes for run in parse_recipe(item, args.seeds)]
+    plan = budget_plan(args, machine) if args.ensemble_budget else \
+        [run for item in args.recipes for run in parse_recipe(item, args.seeds)]
     results = [run_recipe(args, config, epochs, seed, results_dir) for config, epochs, seed in plan]
     runs = [r["run"] for r in results]
     blend = ensemble(args, runs) if len(runs) > 1 else None

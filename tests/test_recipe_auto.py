@@ -122,9 +122,10 @@ def test_train_recipe_auto_runs_the_choice_and_keeps_it_in_the_config(tmp_path):
 
     prepare(DataConfig(competition="digits", data_root=str(tmp_path / "data")))
     root = tiny_recipes(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "pipeline", "train", "--recipe", "auto", "--time-budget", "30",
-                          "--records", str(root), "--data", str(tmp_path / "data" / "digits"), "--run", "a",
-                          "--out-dir", str(tmp_path / "ck")], cwd=REPO, capture_output=True, text=True)
+    train = [sys.executable, "-m", "pipeline", "train", "--recipe", "auto", "--time-budget", "30",
+             "--records", str(root), "--data", str(tmp_path / "data" / "digits"), "--run", "a",
+             "--out-dir", str(tmp_path / "ck")]
+    out = subprocess.run(train, cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("recipe auto:")]
     assert lines == [lines[0]] and lines[0].startswith("recipe auto: small at 2 epochs (expected 70.0% val")
@@ -132,6 +133,15 @@ def test_train_recipe_auto_runs_the_choice_and_keeps_it_in_the_config(tmp_path):
     assert manifest["config"]["recipe"] == "auto" and manifest["config"]["recipe_note"] == lines[0]
     assert manifest["config"]["model"] == "simplenn" and manifest["config"]["epochs"] == 2
     assert manifest["budget"]["final_steps"] <= manifest["budget"]["plan"]["steps"]  # never past the records
+    # A record written since (big's, replaced: it now fits and scores higher) must not switch the run
+    # on --resume.
+    plant(root, machine_id(), record(str(tmp_path / "configs" / "big.yaml"), 2, 0.8, 20, curve_s=10))
+    resumed = subprocess.run([*train, "--resume"], cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{lines[0]} (kept on --resume)" in resumed.stdout.splitlines()
+    assert json.loads((tmp_path / "ck" / "a" / "manifest.json").read_text())["config"]["model"] == "simplenn"
+    fresh = subprocess.run([*train[:-3], "b", *train[-2:]], cwd=REPO, capture_output=True, text=True)
+    assert "recipe auto: big at 2 epochs" in fresh.stdout, fresh.stderr  # a new run does choose again
 
 
 def test_make_train_with_only_a_budget_plans_with_recipe_auto(tmp_path):
@@ -170,3 +180,24 @@ def test_leaderboard_recipes_take_epochs_and_seeds():
     assert parse_recipe("configs/a.yaml@5:2", 1) == [("configs/a.yaml", 5.0, 0), ("configs/a.yaml", 5.0, 1)]
     assert parse_recipe("configs/a.yaml", 1) == [("configs/a.yaml", None, 0)]
     assert run_name("configs/a.yaml", 1, 5.0) == "lb-a-e5-s1" and run_name("configs/a.yaml", 0) == "lb-a-s0"
+
+
+def test_ensemble_plan_takes_new_architectures_before_more_seeds_within_the_budget(tmp_path):
+    from pipeline.ensemble_plan import plan
+
+    root = plant(tmp_path / "lb", HERE,
+                 record("a94.yaml", 10, 0.900, 850, curve_s=800, model="airbench94"),
+                 record("muon.yaml", 8, 0.902, 650, curve_s=600, model="airbench94"),
+                 record("r20.yaml", 10, 0.878, 1300, curve_s=1250, model="resnet20"))
+    plant(root, THERE, record("wide.yaml", 15, 0.95, 100, curve_s=90, model="airbench95"))  # no time here
+    members = plan(read_records(root), HERE, 3000, 45000)
+    # muon first (most accurate), then resnet20 (a new architecture) although a94 is more accurate,
+    # then, no new architecture left, muon's second seed; 650 + 1300 + 650 = 2600, and 400 s fits nothing
+    assert [(m.config, m.seed, m.seconds) for m in members] == [
+        ("muon.yaml", 0, 650), ("r20.yaml", 0, 1300), ("muon.yaml", 1, 650)]
+    assert members[0].spec() == "muon.yaml@8"
+    assert [m.config for m in plan(read_records(root), HERE, 1000, 45000)] == ["muon.yaml"]
+    with pytest.raises(PipelineError, match="no run fits 500 s here .*muon, needs ~650 s"):
+        plan(read_records(root), HERE, 500, 45000)
+    with pytest.raises(PipelineError, match="no recipe with records of this machine"):
+        plan(read_records(root), "a-third-machine-22222222", 3000, 45000)

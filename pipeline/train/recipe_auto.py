@@ -164,11 +164,13 @@ def cached_probe_rate(config: dict[str, Any], input_shape: tuple[int, ...], devi
 def resolve(cfg, config_file: str | None, flags: dict[str, Any]):
     """cfg (a TrainConfig with recipe auto) -> the chosen recipe's config at the chosen epochs,
     under the flags given (data, run, budget, ...); the choice's line is kept in recipe_note,
-    hence in config.yaml and the manifest."""
+    hence in config.yaml and the manifest. --resume keeps the choice the run made when it began
+    (its config.yaml): records written since must not switch a half-trained run's recipe."""
     from pipeline.artifacts import read_json
     from pipeline.cli_config import resolve_flags
     from pipeline.config import load_yaml
     from pipeline.machine import device_name, machine_id
+    from pipeline.run_layout import CONFIG
     from pipeline.runtime import resolve_device
     from pipeline.train.probe import cache_path
 
@@ -176,6 +178,10 @@ def resolve(cfg, config_file: str | None, flags: dict[str, Any]):
         raise PipelineError(f"--recipe auto chooses the config itself: drop --config {config_file}")
     if not cfg.time_budget:
         raise PipelineError("--recipe auto needs --time-budget SECONDS (the budget it chooses for)")
+    saved = Path(cfg.out_dir) / cfg.run / CONFIG
+    if cfg.resume and saved.is_file():
+        kept = resolve_flags(type(cfg), str(saved), {k: v for k, v in flags.items() if k != "epochs"})
+        return dataclasses.replace(kept, recipe_note=f"{kept.recipe_note} (kept on --resume)")
     meta = read_json(Path(cfg.data) / "meta.json")
     counts = meta.get("counts", {})
     images = int(counts.get("all" if cfg.final_fit else "train") or 0)
@@ -190,4 +196,4 @@ def resolve(cfg, config_file: str | None, flags: dict[str, Any]):
     choice = choose(records, machine_id(), cfg.time_budget, images, probe_rate, cfg.records)
     given = {k: v for k, v in flags.items() if k != "epochs"}
     chosen = resolve_flags(type(cfg), choice.config, {**given, "recipe": "auto"})
-    return dataclasses.replace(chosen, epochs=choice.epochs, recipe_note=choice.line()), choice
+    return dataclasses.replace(chosen, epochs=choice.epochs, recipe_note=choice.line())

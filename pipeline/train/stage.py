@@ -30,8 +30,8 @@ def command(config_file: str | None, model_opt: tuple[str, ...], **flags: Any) -
     if cfg.recipe == "auto":  # the recipe and its epochs, chosen from the leaderboard records for the budget
         from pipeline.train import recipe_auto
 
-        cfg, choice = recipe_auto.resolve(cfg, config_file, flags)
-        click.echo(choice.line())
+        cfg = recipe_auto.resolve(cfg, config_file, flags)
+        click.echo(cfg.recipe_note)
     if model_opt:  # flags add to (and override) the YAML's model_opts rather than replacing them
         cfg = dataclasses.replace(cfg, model_opts={**cfg.model_opts, **parse_model_opts(model_opt)})
     summary = run_training(cfg)
