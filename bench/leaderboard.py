@@ -155,26 +155,41 @@ def recipe_rows(results: list[dict]) -> list[list[str]]:
             values = [v for v in values if v is not None]
             return statistics.fmean(values) if values else None
 
-        best_level = max(group[0]["tta_val_acc"], key=lambda lv: mean(g["tta_val_acc"][lv] for g in group))
+        best_level = max(group[0]["tta_val_acc"], key=lambda lv: mean(g["tta_val_acc"].get(lv) for g in group))
         rows.append([
             Path(config).stem, f"{group[0]['epochs']:g}", ", ".join(str(g["seed"]) for g in group),
             pct(mean(g["tta_val_acc"].get("none") for g in group)),
             pct(mean(g["tta_val_acc"].get("flip") for g in group)),
-            f"{pct(mean(g['tta_val_acc'][best_level] for g in group))} ({best_level})",
-            whole(mean(g["seconds"].get("train") for g in group)),
-            whole(mean(g["seconds"].get("predict") for g in group)),
-            whole(mean(g["train_img_per_s"] for g in group)),
+            f"{pct(mean(g['tta_val_acc'].get(best_level) for g in group))} ({best_level})",
+            whole(mean((g.get("seconds") or {}).get("train") for g in group)),
+            whole(mean((g.get("seconds") or {}).get("predict") for g in group)),
+            whole(mean(g.get("train_img_per_s") for g in group)),
         ])
     return rows
 
 
-def render(results: list[dict], blend: dict | None, machine: dict) -> str:
+def ensemble_rows(ensembles: list[dict]) -> list[list[str]]:
+    """An ensemble record as a table row: its cross-fitted accuracy for its members' training time."""
+    return [[f"ensemble of {len(e['members'])}", "-", "-", "-", "-", f"{pct(e['val_acc'])} (cross-fitted)",
+             whole(e.get("seconds")), "-", "-"] for e in ensembles]
+
+
+def this_machine(root: Path, machine: dict) -> tuple[list[dict], list[dict]]:
+    """This machine's records, (runs, ensembles): the table shows all it has measured, not one call's."""
+    here = [r for r in lb_records.read_records(root) if r["machine_id"] == machine["id"]]
+    return [r for r in here if r.get("kind") != "ensemble"], [r for r in here if r.get("kind") == "ensemble"]
+
+
+def render(results: list[dict], blend: dict | None, machine: dict, ensembles: list[dict] = ()) -> str:
     headers = ["recipe", "epochs", "seeds", "val none %", "val flip %", "val best TTA %", "train s",
                "predict s", "train img/s"]
-    lines = [f"Measured {dt.date.today().isoformat()} on {machine['label']}, torch {machine['torch']}; "
-             "shared CIFAR-10 bundle (JPEG), 45,000 train / 5,000 val images, final weights "
-             "(--checkpoint last); val accuracy is the mean over seeds.", "",
-             markdown_table(headers, recipe_rows(results))]
+    dates = sorted(str(r.get("date", ""))[:10] for r in [*results, *ensembles] if r.get("date")) or \
+        [dt.date.today().isoformat()]
+    when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    lines = [f"Measured {when} on {machine['label']}, torch {machine['torch']}; shared CIFAR-10 bundle (JPEG), "
+             "45,000 train / 5,000 val images, final weights (--checkpoint last); val accuracy is the mean over "
+             "seeds; the records in results/leaderboard/ of this machine, each kept from the run that made it.", "",
+             markdown_table(headers, recipe_rows(results) + ensemble_rows(list(ensembles)))]
     if blend is not None:
         verdict = ("beats" if blend["crossfit_val_acc"] > blend["best_member_val_acc"] else "does not beat")
         weights = ", ".join(f"{run} x{w:g}" for run, w in zip(blend["runs"], blend["weights"]) if w)
@@ -203,14 +218,6 @@ PICTURE = ("![Accuracy (val, best TTA, mean over seeds) against training time of
            "(bench/results/leaderboard.png)")
 
 
-def embed_picture() -> None:
-    """The frontier picture inside README's leaderboard section, once (after the table)."""
-    text = (REPO / "README.md").read_text()
-    section = text.split(README_START, 1)[-1].split(README_END, 1)[0]
-    if PICTURE not in section:
-        update_readme(section.strip("\n") + f"\n\n{PICTURE}\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", help="the Kaggle-style CIFAR-10 zip (not needed with --from-records)")
@@ -228,7 +235,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--records", default=str(lb_records.RECORDS_DIR), help="the tracked records' folder")
     parser.add_argument("--rerun", action="store_true", help="retrain even where make finds a run up to date")
     parser.add_argument("--from-records", action="store_true",
-                        help="only redraw bench/results/leaderboard.png from this machine's records (no training)")
+                        help="only redraw bench/results/leaderboard.png and README's table from this machine's "
+                             "records (no training)")
     parser.add_argument("--png", default=str(PNG), help="where the frontier picture goes")
     parser.add_argument("--no-readme", dest="readme", action="store_false")
     args = parser.parse_args(argv)
@@ -245,7 +253,9 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{args.records}/{machine['id']}: no records of this machine "
                              f"({machine['label']}) to draw; `make leaderboard` writes them")
         if args.readme:
-            embed_picture()
+            runs_here, ensembles_here = this_machine(REPO / args.records, machine)
+            update_readme(render(runs_here, None, machine, ensembles_here) + f"\n{PICTURE}\n")
+            print("README.md leaderboard table and picture redrawn from the records")
         return
     results_dir = REPO / "bench" / "results" / "leaderboard"
     plan = budget_plan(args, machine) if args.ensemble_budget else \
@@ -255,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     blend = ensemble(args, runs) if len(runs) > 1 else None
     if blend is not None:
         lb_records.write_record(REPO / args.records, machine["id"], ensemble_record(blend, results))
-    table = render(results, blend, machine)
+    runs_here, ensembles_here = this_machine(REPO / args.records, machine)
+    table = render(runs_here, blend, machine, ensembles_here)
     print("\n" + table)
     atomic_write_text(REPO / "bench" / "results" / "leaderboard.md", table)
     atomic_write_json(REPO / "bench" / "results" / "leaderboard.json",

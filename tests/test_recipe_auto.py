@@ -170,6 +170,15 @@ def test_leaderboard_redraws_the_frontier_from_records_alone(tmp_path, capsys):
     leaderboard.main(["--from-records", "--records", str(root), "--png", str(png), "--no-readme"])
     assert png.read_bytes().startswith(b"\x89PNG")
     assert "3 points, frontier: a 4 ep, a 8 ep" in capsys.readouterr().out  # b: slower and worse; c: elsewhere
+    # README's table: every run and ensemble of this machine's records, none of another machine's
+    plant(root, here, {"kind": "ensemble", "members": ["r1", "r2"], "val_acc": 0.9123, "seconds": 1500})
+    machine = machine_summary()
+    runs, ensembles = leaderboard.this_machine(root, machine)
+    table = leaderboard.render(runs, None, machine, ensembles)
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines()[3:]]
+    assert [(r[0], r[1], r[5], r[6]) for r in rows[1:]] == [
+        ("a", "4", "85.00 (airbench)", "300"), ("a", "8", "90.00 (airbench)", "600"),
+        ("b", "8", "88.00 (airbench)", "900"), ("ensemble of 2", "-", "91.23 (cross-fitted)", "1500")]
     with pytest.raises(SystemExit, match="no records of this machine"):
         leaderboard.main(["--from-records", "--records", str(tmp_path / "none"), "--png", str(png), "--no-readme"])
 
