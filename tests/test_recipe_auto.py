@@ -210,3 +210,15 @@ def test_ensemble_plan_takes_new_architectures_before_more_seeds_within_the_budg
         plan(read_records(root), HERE, 500, 45000)
     with pytest.raises(PipelineError, match="no recipe with records of this machine"):
         plan(read_records(root), "a-third-machine-22222222", 3000, 45000)
+
+
+def test_a_records_probe_rate_is_the_chosen_candidates_when_the_run_had_no_budget():
+    from bench.quality import probe_rate
+
+    # without --time-budget the probe keeps no img_per_s of its own, only its candidates' timings
+    probe = {"choice": {"precision": "bf16", "channels_last": True}, "img_per_s": None,
+             "measured": {"fp32 channels_last": 285.9, "bf16 channels_last": 938.5}}
+    assert probe_rate(probe) == 938.5
+    assert probe_rate({**probe, "img_per_s": 700.0}) == 700.0
+    assert probe_rate({**probe, "choice": {"precision": "fp32", "channels_last": False}}) is None
+    assert probe_rate({}) is None
