@@ -5,7 +5,8 @@ import os
 
 import torch
 
-from pipeline.machine import SPEED_FLAGS, cpu_model, machine_id, machine_label  # noqa: F401  (SPEED_FLAGS: re-exported)
+# SPEED_FLAGS: re-exported
+from pipeline.machine import SPEED_FLAGS, cpu_model, machine_id, machine_label  # noqa: F401
 
 
 def machine_summary() -> dict:

@@ -190,8 +190,9 @@ def frontier(points: Sequence[Any], front: Sequence[Any], title: str) -> bytes:
         ax.scatter(p.seconds / 60, 100 * p.acc, color=colours[name], marker="*" if p.kind == "ensemble" else "o",
                    s=90 if p.kind == "ensemble" else 40, zorder=3)
         tag = f"{p.epochs:g} ep" if p.kind == "recipe" else p.label
-        ax.annotate(f"{tag} ({p.runs} seeds)" if p.runs > 1 and p.kind == "recipe" else tag, (p.seconds / 60, 100 * p.acc), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        if p.runs > 1 and p.kind == "recipe":
+            tag += f" ({p.runs} seeds)"
+        ax.annotate(tag, (p.seconds / 60, 100 * p.acc), fontsize=7, xytext=(4, 3), textcoords="offset points")
     if front:
         # a step: the accuracy a budget buys is the best point left of it, not a line between two
         ax.plot([p.seconds / 60 for p in front], [100 * p.acc for p in front], "k--", lw=1, zorder=2,
