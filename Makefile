@@ -54,7 +54,7 @@ LOADER_SRC := $(DATASET_SRC) $(wildcard pipeline/augment/*.py) pipeline/flips.py
 TRAIN_SRC = $(MODEL_SRC) $(LOADER_SRC) $(wildcard pipeline/train/*.py) pipeline/hints.py pipeline/plots.py \
 	pipeline/records.py $(filter %.yaml %.yml,$(TRAIN_OPTS)) $(AUTO_INPUTS)
 # --recipe auto's choice is made from the leaderboard records and the recipes' configs: both are inputs
-AUTO_INPUTS = $(if $(filter auto,$(TRAIN_OPTS)),$(wildcard results/leaderboard/*/*.json) $(wildcard configs/*.yaml))
+AUTO_INPUTS = $(if $(findstring --recipe auto,$(TRAIN_OPTS)),$(wildcard results/leaderboard/*/*.json) $(wildcard configs/*.yaml))
 PREDICT_SRC := $(MODEL_SRC) $(LOADER_SRC) pipeline/predict.py pipeline/tta.py
 ENSEMBLE_SRC := $(CORE_SRC) $(DATASET_SRC) pipeline/ensemble.py pipeline/submission.py
 

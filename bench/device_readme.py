@@ -9,8 +9,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from pipeline.artifacts import atomic_write_text
-from pipeline.errors import PipelineError
+from pipeline.artifacts import write_between_markers
 from pipeline.info import markdown_table
 
 START, END = "<!-- device-check:start -->", "<!-- device-check:end -->"
@@ -20,13 +19,7 @@ TRAIN_S_NOTE = ("training seconds are the sum of each run's per-epoch `seconds` 
 
 
 def replace_block(readme: Path, block: str) -> None:
-    if not readme.is_file():
-        raise PipelineError(f"{readme}: no such file to draw the device check's block in")
-    text = readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise PipelineError(f"{readme}: no {START} ... {END} markers to put the device check's block between")
-    head, rest = text.split(START, 1)
-    atomic_write_text(readme, f"{head}{START}\n{block}{END}{rest.split(END, 1)[1]}")
+    write_between_markers(readme, START, END, block)
 
 
 def pct(value: float | None) -> str:

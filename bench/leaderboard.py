@@ -33,7 +33,8 @@ from bench.chain import REPO, Chain
 from bench.machine import machine_summary
 from pipeline import records as lb_records
 from pipeline.config import load_yaml
-from pipeline.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from pipeline.artifacts import (atomic_write_bytes, atomic_write_json, atomic_write_text, read_json,
+                                write_between_markers)
 from pipeline.ensemble import combine, correct_count
 from pipeline.info import markdown_table
 from pipeline.run_layout import VAL_LABELS, VAL_LOGITS
@@ -204,13 +205,7 @@ def render(results: list[dict], blend: dict | None, machine: dict, ensembles: li
 
 
 def update_readme(table: str) -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme}: no {README_START} ... {README_END} markers to put the table between")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    atomic_write_text(readme, f"{head}{README_START}\n{table}{README_END}{tail}")
+    write_between_markers(REPO / "README.md", README_START, README_END, table)
 
 
 PICTURE = ("![Accuracy (val, best TTA, mean over seeds) against training time of every recipe, epoch count "

@@ -24,6 +24,7 @@ from bench.machine import machine_summary
 from pipeline.artifacts import atomic_write_json, read_json
 from pipeline.run_layout import MANIFEST
 from pipeline.train.logbook import read_metrics
+from pipeline.train.probe import rate_of
 
 RECIPES = ("configs/airbench94.yaml", "configs/airbench94-muon.yaml", "configs/resnet20-cpu-quality.yaml")
 
@@ -39,8 +40,9 @@ def measure(config: str, args: argparse.Namespace) -> dict:
     probe = read_json(run_dir / MANIFEST).get("probe") or {}
     epochs = [r["img_per_s"] for r in read_metrics(run_dir)][:args.epochs]
     real = statistics.median(epochs) if epochs else None
-    ratio = real / probe["img_per_s"] if real and probe.get("img_per_s") else None
-    return {"config": config, "probe_img_per_s": probe.get("img_per_s"), "probe_choice": probe.get("choice"),
+    rate = rate_of(probe)
+    ratio = real / rate if real and rate else None
+    return {"config": config, "probe_img_per_s": rate, "probe_choice": probe.get("choice"),
             "probe_batch": probe.get("batch"), "epochs_img_per_s": epochs, "real_img_per_s": real,
             "ratio_real_over_probe": ratio, "within_10pct": ratio is not None and 0.9 <= ratio <= 1.1}
 

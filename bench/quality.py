@@ -24,6 +24,7 @@ from pipeline.config import load_yaml
 from pipeline.records import curve_from_metrics
 from pipeline.run_layout import MANIFEST, PREDICT_JSON
 from pipeline.train.logbook import read_metrics
+from pipeline.train.probe import rate_of
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -142,17 +143,8 @@ def run_figures(run_dir: Path, default_epochs: float | None = None) -> dict:
             "final_val_acc": history.get("val_acc"), "best_val_acc": train_manifest["metrics"].get("best_val_acc"),
             "tta_val_acc": predicted.get("metrics", {}).get("val_accuracy"), "tta_saved": predicted.get("tta"),
             "train_img_per_s": speeds[len(speeds) // 2] if speeds else None,
-            "probe_img_per_s": probe_rate(train_manifest.get("probe") or {}),
+            "probe_img_per_s": rate_of(train_manifest.get("probe") or {}),
             "curve": curve_from_metrics(rows)}
-
-
-def probe_rate(probe: dict) -> float | None:
-    """The probe's img/s for the runtime it chose (its own figure, else the chosen candidate's timing)."""
-    if probe.get("img_per_s"):
-        return probe["img_per_s"]
-    choice = probe.get("choice") or {}
-    label = f"{choice.get('precision')} {'channels_last' if choice.get('channels_last') else 'nchw'}"
-    return (probe.get("measured") or {}).get(label)
 
 
 def tta_most_complete(levels: str) -> str:

@@ -62,6 +62,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def between_markers(text: str, start: str, end: str, block: str, where: str) -> str:
+    """`text` with what lies between the marker lines `start` and `end` set to `block` (generated
+    sections of a README: the lab tables, the leaderboard, the device check)."""
+    if start not in text or end not in text:
+        raise PipelineError(f"{where}: no {start} ... {end} markers to put the block between")
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{block}{end}{rest.split(end, 1)[1]}"
+
+
+def write_between_markers(path: str | os.PathLike, start: str, end: str, block: str) -> Path:
+    """between_markers on the file at `path`, written atomically."""
+    if not Path(path).is_file():
+        raise PipelineError(f"{path}: no such file to write the block in")
+    text = Path(path).read_text(encoding="utf-8")
+    return atomic_write_text(path, between_markers(text, start, end, block, str(path)))
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 

@@ -213,12 +213,31 @@ def test_ensemble_plan_takes_new_architectures_before_more_seeds_within_the_budg
 
 
 def test_a_records_probe_rate_is_the_chosen_candidates_when_the_run_had_no_budget():
-    from bench.quality import probe_rate
+    from pipeline.train.probe import rate_of
 
     # without --time-budget the probe keeps no img_per_s of its own, only its candidates' timings
-    probe = {"choice": {"precision": "bf16", "channels_last": True}, "img_per_s": None,
+    probe = {"choice": {"precision": "bf16", "channels_last": True, "compile": False}, "img_per_s": None,
              "measured": {"fp32 channels_last": 285.9, "bf16 channels_last": 938.5}}
-    assert probe_rate(probe) == 938.5
-    assert probe_rate({**probe, "img_per_s": 700.0}) == 700.0
-    assert probe_rate({**probe, "choice": {"precision": "fp32", "channels_last": False}}) is None
-    assert probe_rate({}) is None
+    assert rate_of(probe) == 938.5
+    assert rate_of({**probe, "img_per_s": 700.0}) == 700.0
+    assert rate_of({**probe, "choice": {"precision": "fp32", "channels_last": False, "compile": False}}) is None
+    assert rate_of({}) is None
+    compiled = {"choice": {"precision": "bf16", "channels_last": True, "compile": True},
+                "measured": {"bf16 channels_last": 938.5, "bf16 channels_last compile": 1200.0}}
+    assert rate_of(compiled) == 1200.0  # the compiled candidate's figure, not the eager one's
+
+
+def test_recipe_auto_reads_the_probe_cache_of_this_machine_for_a_recipe_without_records(tmp_path):
+    from pipeline.train.recipe_auto import cached_probe_rate
+
+    fields = {"device": "cpu-x", "torch": "9.9", "model": "airbench94", "opts": {}, "batch": 1024,
+              "micro_batch": 0, "input": [3, 32, 32], "optimizer": "sgd"}
+    entry = {"choice": {"precision": "bf16", "channels_last": True, "compile": False}, "img_per_s": None,
+             "measured": {"bf16 channels_last": 900.0}}
+    cache = tmp_path / "probe.json"
+    cache.write_text(json.dumps({json.dumps({**fields, "candidates": ["bf16 channels_last"]}, sort_keys=True): entry,
+                                 "speeds": {"x": 1}}))
+    config = {"model": "airbench94", "batch_size": 1024}
+    assert cached_probe_rate(config, (3, 32, 32), "cpu-x", cache) == 900.0  # a slice's figure when no batch's
+    assert cached_probe_rate({**config, "batch_size": 512}, (3, 32, 32), "cpu-x", cache) is None
+    assert cached_probe_rate(config, (3, 32, 32), "cpu-y", cache) is None

@@ -260,13 +260,9 @@ def readme_block(lab: LabRun, collected: dict[str, list[Outcome]]) -> str:
 
 def replace_block(text: str, name: str, block: str, where: str) -> str:
     """`text` with the part between <!-- lab:NAME:start --> and <!-- lab:NAME:end --> set to `block`."""
-    from pipeline.errors import PipelineError
+    from pipeline.artifacts import between_markers
 
-    start, end = f"<!-- lab:{name}:start -->", f"<!-- lab:{name}:end -->"
-    if start not in text or end not in text:
-        raise PipelineError(f"{where}: no {start} ... {end} markers to put the lab's table between")
-    head, rest = text.split(start, 1)
-    return f"{head}{start}\n{block}{end}{rest.split(end, 1)[1]}"
+    return between_markers(text, f"<!-- lab:{name}:start -->", f"<!-- lab:{name}:end -->", block, where)
 
 
 def results_csv(collected: dict[str, list[Outcome]]) -> str:

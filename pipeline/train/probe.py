@@ -21,7 +21,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -73,7 +73,7 @@ class ProbeResult:
     compile_note: str | None = None  # why compile was chosen (from speeds measured with it, see with_compile)
 
     def line(self) -> str:
-        rate = self.img_per_s or self.measured.get(self.choice.name)  # a slice's rate when not the batch's
+        rate = rate_of(self.record())
         speed = f" {rate:.0f} img/s" if rate else ""
         others = ", ".join(f"{name} {rate:.0f}" for name, rate in self.measured.items()
                            if name != self.choice.name)
@@ -90,6 +90,17 @@ class ProbeResult:
         return {"choice": asdict(self.choice), "source": self.source, "img_per_s": self.img_per_s,
                 "measured": dict(self.measured), "seconds": round(self.seconds, 3), "device": self.device,
                 "cache": self.cache, "batch": self.batch, "compile_note": self.compile_note}
+
+
+def rate_of(record: dict[str, Any]) -> float | None:
+    """img/s of a probe answer's choice (a manifest's probe record or a cache entry): the figure at the
+    run's batch, else the choice's as timed (on a slice, where the batch was too slow to time whole)."""
+    if record.get("img_per_s"):
+        return record["img_per_s"]
+    try:
+        return (record.get("measured") or {}).get(Candidate(**record["choice"]).name)
+    except (TypeError, KeyError):
+        return None  # no choice, or one of an older layout
 
 
 def cache_path() -> Path:
@@ -275,6 +286,21 @@ def scout_costs(make_step: Callable[[Candidate, int], Callable[[], None]], candi
     return 0.0, seconds[sizes[-1]] / sizes[-1]
 
 
+def cache_entries(path: Path) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(key fields, entry) of every probe answer in the cache file (other kinds of entry skipped)."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    for key, entry in (entries.items() if isinstance(entries, dict) else ()):
+        try:
+            fields = json.loads(key)
+        except ValueError:
+            continue
+        if isinstance(fields, dict) and "candidates" in fields and isinstance(entry, dict):
+            yield fields, entry
+
+
 def nearest_answer(key: str, path: Path) -> tuple[Candidate, int] | None:
     """A measured choice for the same device, torch, model, options, input and slicing at the batch
     size nearest this key's, among this key's candidates (a run too short to probe borrows it), with
@@ -282,25 +308,32 @@ def nearest_answer(key: str, path: Path) -> tuple[Candidate, int] | None:
     winner is still a measured answer for the values it shares."""
     want = json.loads(key)
     allowed, batch = set(want.pop("candidates")), want.pop("batch")
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
     found = []
-    for other, entry in (entries.items() if isinstance(entries, dict) else ()):
+    for fields, entry in cache_entries(path):
         try:
-            fields = json.loads(other)
+            fields = dict(fields)
             fields.pop("candidates")
             other_batch = fields.pop("batch")
             choice = Candidate(**entry["choice"]) if fields == want else None
-        except (ValueError, TypeError, KeyError, AttributeError):
-            continue  # another kind of entry, or one of an older layout
+        except (TypeError, KeyError):
+            continue  # an entry of an older layout
         if choice is not None and choice.name in allowed:
             found.append((abs(other_batch - batch), other_batch, choice))
     if not found:
         return None
     _, batch, choice = min(found, key=lambda f: f[:2])
     return choice, batch
+
+
+def cached_rate(want: dict[str, Any], path: Path) -> float | None:
+    """img/s of the first cached answer whose key has every field of `want` (any torch, any
+    candidates), as rate_of reads it: what the probe measured here for a model, batch and input."""
+    for fields, entry in cache_entries(path):
+        if all(fields.get(k) == v for k, v in want.items()):
+            rate = rate_of(entry)
+            if rate:
+                return float(rate)
+    return None
 
 
 def choose(medians: dict[Candidate, float]) -> Candidate:

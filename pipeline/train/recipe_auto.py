@@ -143,22 +143,12 @@ def choose(records: list[dict[str, Any]], machine_id: str, budget_s: float, imag
 def cached_probe_rate(config: dict[str, Any], input_shape: tuple[int, ...], device_label: str,
                       path: Path) -> float | None:
     """img/s the probe measured here (its cache) for this recipe's model, batch and optimizer."""
-    want = {"device": device_label, "model": config.get("model", "resnet20"), "opts": config.get("model_opts", {}),
-            "batch": config.get("batch_size", 128), "micro_batch": config.get("micro_batch_size", 0),
-            "input": list(input_shape), "optimizer": config.get("optimizer", "sgd")}
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    for key, entry in entries.items() if isinstance(entries, dict) else ():
-        try:
-            fields = json.loads(key)
-        except ValueError:
-            continue
-        if isinstance(fields, dict) and all(fields.get(k) == v for k, v in want.items()) and \
-                isinstance(entry, dict) and entry.get("img_per_s"):
-            return float(entry["img_per_s"])
-    return None
+    from pipeline.train.probe import cached_rate
+
+    return cached_rate({"device": device_label, "model": config.get("model", "resnet20"),
+                        "opts": config.get("model_opts", {}), "batch": config.get("batch_size", 128),
+                        "micro_batch": config.get("micro_batch_size", 0), "input": list(input_shape),
+                        "optimizer": config.get("optimizer", "sgd")}, path)
 
 
 def resolve(cfg, config_file: str | None, flags: dict[str, Any]):
