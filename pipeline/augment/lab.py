@@ -69,7 +69,8 @@ def run_in_order(x: torch.Tensor, applied: torch.Tensor, rank: torch.Tensor, ste
     for k, index in enumerate(groups):
         if len(index) and steps[k % count] is not None:
             fn, params = steps[k % count]
-            x[index] = fn(x[index], *(p[index] for p in params))
+            # index_select / index_copy_: the dim-0 kernels, faster on CPU than x[index] indexing
+            x.index_copy_(0, index, fn(x.index_select(0, index), *(p.index_select(0, index) for p in params)))
     return x
 
 
@@ -156,11 +157,24 @@ class LabPolicy:
         }
         active = [steps[name] if self.p[name] > 0 else None for name in ORDERED]
         x = run_in_order(x, draws["applied"], draws["rank"], active, sync_free=sync_free)
-        # Erasing costs one mask multiply: every image does it, a box of size 0 erases nothing.
+        x = self.erase(x, draws, sync_free=sync_free)
+        # Every step leaves whole numbers in [0, 255] (each rounds or floors, and clamps), so the
+        # cast is exact: no round or clamp pass over the batch here.
+        return x.to(torch.uint8)
+
+    def erase(self, x: torch.Tensor, draws: dict[str, torch.Tensor], *, sync_free: bool) -> torch.Tensor:
+        """Zero each erasing image's box. sync_free: one mask multiply over the batch (a box of size
+        0 erases nothing); on CPU only the ~10% of images that erase are indexed out and masked."""
         erase = draws["do_erase"]
-        keep = outside_boxes((self.height, self.width), draws["erase_top"], draws["erase_left"],
-                             draws["erase_h"] * erase, draws["erase_w"] * erase)
-        return (x * keep).round_().clamp_(0, 255).to(torch.uint8)
+        box = (draws["erase_top"], draws["erase_left"], draws["erase_h"], draws["erase_w"])
+        if sync_free:
+            top, left, h, w = box
+            return x * outside_boxes((self.height, self.width), top, left, h * erase, w * erase)
+        index = erase.nonzero().squeeze(1)
+        if len(index):
+            x.index_copy_(0, index, x.index_select(0, index) * outside_boxes(
+                (self.height, self.width), *(b.index_select(0, index) for b in box)))
+        return x
 
 
 def jitter(x: torch.Tensor, factors: torch.Tensor, hue: torch.Tensor, rank: torch.Tensor, *,
