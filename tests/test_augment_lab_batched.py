@@ -66,6 +66,18 @@ def test_output_is_uint8_nchw_and_both_selection_paths_agree(chans, sync_free):
     assert torch.equal(out, indexed(images, draws))
 
 
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_every_step_leaves_whole_numbers_in_range_so_the_uint8_cast_is_exact(sync_free):
+    # All transforms on every image, extreme pixels included: the cast rounds nothing.
+    images = torch.cat([noise(64), constant(16, 0), constant(16, 255)])
+    policy = LabPolicy(32, 32, p={name: 1.0 for name in PROBABILITIES}, sync_free=sync_free)
+    draws = policy.draw(len(images), torch.Generator().manual_seed(5), CPU)
+    x = policy.augment_float(images, draws)
+    assert torch.equal(x, x.round()) and x.min() >= 0 and x.max() <= 255
+    assert torch.equal(policy(images, draws), x.to(torch.uint8))
+    assert (x == 0).flatten(1).any(1).all()  # every image erased somewhere: the erasing ran
+
+
 def test_loader_is_registered_as_lab_deterministic_per_seed_and_epoch():
     images, labels = noise(48).permute(0, 2, 3, 1).numpy(), np.arange(48)
 

@@ -143,6 +143,12 @@ class LabPolicy:
 
     def __call__(self, images: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
         """uint8 (N, C, H, W) -> uint8 (N, C, H, W); draws: this batch's slice of `draw`'s output."""
+        # Every step leaves whole numbers in [0, 255] (each rounds or floors, and clamps), so the
+        # cast is exact: no round or clamp pass over the batch here.
+        return self.augment_float(images, draws).to(torch.uint8)
+
+    def augment_float(self, images: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The policy before the cast back to uint8: float images holding whole numbers in [0, 255]."""
         sync_free = images.device.type != "cpu" if self.sync_free is None else self.sync_free
         x = images.float()
         steps = {
@@ -157,10 +163,7 @@ class LabPolicy:
         }
         active = [steps[name] if self.p[name] > 0 else None for name in ORDERED]
         x = run_in_order(x, draws["applied"], draws["rank"], active, sync_free=sync_free)
-        x = self.erase(x, draws, sync_free=sync_free)
-        # Every step leaves whole numbers in [0, 255] (each rounds or floors, and clamps), so the
-        # cast is exact: no round or clamp pass over the batch here.
-        return x.to(torch.uint8)
+        return self.erase(x, draws, sync_free=sync_free)
 
     def erase(self, x: torch.Tensor, draws: dict[str, torch.Tensor], *, sync_free: bool) -> torch.Tensor:
         """Zero each erasing image's box. sync_free: one mask multiply over the batch (a box of size
