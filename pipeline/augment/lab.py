@@ -69,9 +69,15 @@ def run_in_order(x: torch.Tensor, applied: torch.Tensor, rank: torch.Tensor, ste
     for k, index in enumerate(groups):
         if len(index) and steps[k % count] is not None:
             fn, params = steps[k % count]
-            # index_select / index_copy_: the dim-0 kernels, faster on CPU than x[index] indexing
-            x.index_copy_(0, index, fn(x.index_select(0, index), *(p.index_select(0, index) for p in params)))
+            apply_to_rows(x, index, fn, params)
     return x
+
+
+def apply_to_rows(x: torch.Tensor, index: torch.Tensor, fn: Callable[..., torch.Tensor],
+                  params: tuple[torch.Tensor, ...]) -> None:
+    """x[index] = fn(x[index], *(p[index] for p in params)), in place, with the dim-0 kernels
+    (index_select / index_copy_: faster on CPU than x[index] indexing)."""
+    x.index_copy_(0, index, fn(x.index_select(0, index), *(p.index_select(0, index) for p in params)))
 
 
 def erase_boxes(height: int, width: int, count: int, u: Callable[..., torch.Tensor], device: torch.device) -> dict:
@@ -175,8 +181,7 @@ class LabPolicy:
             return x * outside_boxes((self.height, self.width), top, left, h * erase, w * erase)
         index = erase.nonzero().squeeze(1)
         if len(index):
-            x.index_copy_(0, index, x.index_select(0, index) * outside_boxes(
-                (self.height, self.width), *(b.index_select(0, index) for b in box)))
+            apply_to_rows(x, index, lambda rows, *b: rows * outside_boxes((self.height, self.width), *b), box)
         return x
 
 
