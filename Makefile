@@ -224,7 +224,7 @@ quality: $(VENV_STAMP) ## A recipe end to end on the shared CIFAR-10 bundle (CON
 	$(PY) -m bench.quality --source $(SHARED_BUNDLE) --config $(or $(CONFIG),configs/resnet20-cpu-quality.yaml) \
 		$(if $(SEED),--seed $(SEED)) $(if $(FINAL_FIT),--final-fit)
 
-leaderboard: $(VENV_STAMP) ## The recipes that fit this machine + their greedy ensemble -> records in results/leaderboard/, the frontier PNG, README (LEADERBOARD_ARGS="--recipes configs/x.yaml@EPOCHS:SEEDS ...")
+leaderboard: $(VENV_STAMP) ## The recipes that fit this machine + their greedy ensemble -> records in results/leaderboard/, the frontier PNG, README (LEADERBOARD_ARGS="--recipes configs/x.yaml@EPOCHS:SEEDS ..." or "--blend RUN RUN ...")
 	@test -f $(SHARED_BUNDLE) || { echo "leaderboard: $(SHARED_BUNDLE) not found (the shared CIFAR-10 bundle)"; exit 1; }
 	$(PY) -m bench.leaderboard --source $(SHARED_BUNDLE) $(if $(SEEDS),--seeds $(SEEDS)) $(LEADERBOARD_ARGS)
 

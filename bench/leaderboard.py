@@ -12,7 +12,8 @@ Each run's figures, with its per-epoch curve, are also kept as a record in the t
 results/leaderboard/<machine_id>/ (pipeline/records.py), where `train --recipe auto` plans from them;
 a recipe may run at another epoch count (PATH@EPOCHS) so that it has several points. The
 accuracy-vs-time frontier of this machine's records is drawn to bench/results/leaderboard.png
-(--from-records: only that, from the records, training nothing).
+(--from-records: only that, from the records, training nothing). --blend RUN... blends runs already
+trained here, from their records, so that runs made over several sessions form one ensemble.
 
 Writes bench/results/leaderboard.md and .json and, with --readme, the table and the picture between
 the leaderboard markers of README.md.
@@ -83,13 +84,24 @@ def run_recipe(args, config: str, epochs: float | None, seed: int, results_dir: 
 
 
 def ensemble_record(blend: dict, results: list[dict]) -> dict:
-    """The blend as a record: its cross-fitted accuracy (the honest one) for the training time of
-    the runs it takes (weight > 0)."""
+    """The blend as a record: its cross-fitted accuracy for the training time of the runs it takes
+    (weight > 0); `offered_seconds` is every run it chose from, the budget a user spends to get it."""
     train_s = {r["run"]: (r.get("seconds") or {}).get("train") or 0.0 for r in results}
     members = [run for run, w in zip(blend["runs"], blend["weights"]) if w]
     return {"kind": "ensemble", "members": members, "val_acc": blend["crossfit_val_acc"],
             "greedy_val_acc": blend["greedy_val_acc"], "seconds": sum(train_s[m] for m in members),
+            "offered": list(blend["runs"]), "offered_seconds": sum(train_s[r] for r in blend["runs"]),
             "date": dt.datetime.now().isoformat(timespec="seconds"), "source": "make leaderboard"}
+
+
+def recorded_runs(root: Path, machine: dict, runs: list[str]) -> list[dict]:
+    """--blend: the records of runs already trained on this machine, in the order given."""
+    by_run = {r.get("run"): r for r in this_machine(root, machine)[0]}
+    missing = [run for run in runs if run not in by_run]
+    if missing:
+        raise SystemExit(f"--blend {' '.join(missing)}: no record of this run in {root}/{machine['id']}/ "
+                         f"({machine['label']}); `make leaderboard` trains a run and writes its record")
+    return [by_run[run] for run in runs]
 
 
 def draw_frontier(root: Path, machine: dict, png: Path = PNG) -> Path | None:
@@ -225,6 +237,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ensemble-budget", type=float, default=0.0, metavar="SECONDS",
                         help="instead of --recipes: the diverse runs whose expected training time on this "
                              "machine (its records) fits SECONDS in all, then their blend")
+    parser.add_argument("--blend", nargs="+", metavar="RUN",
+                        help="instead of --recipes: blend runs already trained here (their records give the "
+                             "training time; make re-predicts what is stale), training nothing")
     parser.add_argument("--train-images", type=int, default=45_000, help="images per epoch the plan assumes")
     parser.add_argument("--runs-dir", default="checkpoints")
     parser.add_argument("--records", default=str(lb_records.RECORDS_DIR), help="the tracked records' folder")
@@ -235,8 +250,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--png", default=str(PNG), help="where the frontier picture goes")
     parser.add_argument("--no-readme", dest="readme", action="store_false")
     args = parser.parse_args(argv)
-    if not args.from_records and not args.source:
-        parser.error("--source is required (or --from-records)")
+    if not args.from_records and not args.blend and not args.source:
+        parser.error("--source is required (or --from-records, --blend)")
+    if args.blend and len(args.blend) < 2:
+        parser.error("--blend needs two runs or more")
     return args
 
 
@@ -253,9 +270,12 @@ def main(argv: list[str] | None = None) -> None:
             print("README.md leaderboard table and picture redrawn from the records")
         return
     results_dir = REPO / "bench" / "results" / "leaderboard"
-    plan = budget_plan(args, machine) if args.ensemble_budget else \
-        [run for item in args.recipes for run in parse_recipe(item, args.seeds)]
-    results = [run_recipe(args, config, epochs, seed, results_dir) for config, epochs, seed in plan]
+    if args.blend:
+        results = recorded_runs(REPO / args.records, machine, args.blend)
+    else:
+        plan = budget_plan(args, machine) if args.ensemble_budget else \
+            [run for item in args.recipes for run in parse_recipe(item, args.seeds)]
+        results = [run_recipe(args, config, epochs, seed, results_dir) for config, epochs, seed in plan]
     runs = [r["run"] for r in results]
     blend = ensemble(args, runs) if len(runs) > 1 else None
     if blend is not None:

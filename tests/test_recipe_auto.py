@@ -183,6 +183,29 @@ def test_leaderboard_redraws_the_frontier_from_records_alone(tmp_path, capsys):
         leaderboard.main(["--from-records", "--records", str(tmp_path / "none"), "--png", str(png), "--no-readme"])
 
 
+def test_leaderboard_blends_recorded_runs_and_counts_every_run_offered(tmp_path):
+    from bench import leaderboard
+    from bench.machine import machine_summary
+
+    machine = machine_summary()
+    root = plant(tmp_path / "lb", machine["id"], record("configs/a.yaml", 8, 0.90, 600, run="lb-a-s0"),
+                 record("configs/b.yaml", 15, 0.91, 1500, run="lb-b-s0"),
+                 record("configs/c.yaml", 4, 0.85, 200, run="lb-c-s0"))
+    plant(root, THERE, record("configs/d.yaml", 4, 0.99, 10, run="lb-d-s0"))
+    results = leaderboard.recorded_runs(root, machine, ["lb-b-s0", "lb-a-s0", "lb-c-s0"])
+    assert [r["run"] for r in results] == ["lb-b-s0", "lb-a-s0", "lb-c-s0"]
+    blend = {"runs": ["lb-b-s0", "lb-a-s0", "lb-c-s0"], "weights": [2, 1, 0], "crossfit_val_acc": 0.92,
+             "greedy_val_acc": 0.925}
+    rec = leaderboard.ensemble_record(blend, results)
+    assert rec["members"] == ["lb-b-s0", "lb-a-s0"] and rec["seconds"] == 1500 + 600  # what the blend uses
+    assert rec["offered_seconds"] == 1500 + 600 + 200  # what it was chosen from
+    # a run trained only on another machine has no speed here: named, not guessed
+    with pytest.raises(SystemExit, match=r"--blend lb-d-s0 lb-x-s0: no record of this run in"):
+        leaderboard.recorded_runs(root, machine, ["lb-a-s0", "lb-d-s0", "lb-x-s0"])
+    with pytest.raises(SystemExit):  # argparse: one run is no blend
+        leaderboard.parse_args(["--blend", "lb-a-s0"])
+
+
 def test_leaderboard_recipes_take_epochs_and_seeds():
     from bench.leaderboard import parse_recipe, run_name
 
