@@ -86,12 +86,16 @@ def run_recipe(args, config: str, epochs: float | None, seed: int, results_dir: 
 def ensemble_record(blend: dict, results: list[dict]) -> dict:
     """The blend as a record: its cross-fitted accuracy for the training time of the runs it takes
     (weight > 0); `offered_seconds` is every run it chose from, the budget a user spends to get it."""
-    train_s = {r["run"]: (r.get("seconds") or {}).get("train") or 0.0 for r in results}
     members = [run for run, w in zip(blend["runs"], blend["weights"]) if w]
     return {"kind": "ensemble", "members": members, "val_acc": blend["crossfit_val_acc"],
-            "greedy_val_acc": blend["greedy_val_acc"], "seconds": sum(train_s[m] for m in members),
-            "offered": list(blend["runs"]), "offered_seconds": sum(train_s[r] for r in blend["runs"]),
+            "greedy_val_acc": blend["greedy_val_acc"], "seconds": train_seconds(results, members),
+            "offered": list(blend["runs"]), "offered_seconds": train_seconds(results, blend["runs"]),
             "date": dt.datetime.now().isoformat(timespec="seconds"), "source": "make leaderboard"}
+
+
+def train_seconds(results: list[dict], runs: list[str]) -> float:
+    """The training time of `runs` in all, from their figures (0 for a run make found up to date)."""
+    return sum((r.get("seconds") or {}).get("train") or 0.0 for r in results if r["run"] in runs)
 
 
 def recorded_runs(root: Path, machine: dict, runs: list[str]) -> list[dict]:
@@ -206,7 +210,7 @@ def render(results: list[dict], blend: dict | None, machine: dict, ensembles: li
     if blend is not None:
         verdict = ("beats" if blend["crossfit_val_acc"] > blend["best_member_val_acc"] else "does not beat")
         weights = ", ".join(f"{run} x{w:g}" for run, w in zip(blend["runs"], blend["weights"]) if w)
-        train_s = sum((r.get("seconds") or {}).get("train") or 0.0 for r in results if r["run"] in blend["runs"])
+        train_s = train_seconds(results, blend["runs"])
         lines += ["", f"**Ensemble: {pct(blend['crossfit_val_acc'])}% val, cross-fitted** (greedy weights fitted on "
                   f"one half of val and scored on the other, both ways) from {train_s / 60:.0f} min of training in "
                   f"all ({weights}); with weights fitted on all of val {pct(blend['greedy_val_acc'])}% "
