@@ -1,4 +1,5 @@
-"""Per-sample colour jitter on batches of float images in [0, 255] (N, C, H, W), any device.
+"""Per-sample colour jitter on batches of float images (N, C, H, W) holding the whole numbers of
+uint8 images (lab.py keeps them so between steps), any device.
 
 The four adjustments follow albumentations' ColorJitter (its torchvision-compatible functions):
 brightness multiplies, contrast blends with the mean of the image's grey (0.299 R + 0.587 G +
@@ -58,10 +59,11 @@ def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(1)
     top, bottom = x.amax(1), x.amin(1)
     span = top - bottom
-    safe = torch.where(span > 0, span, torch.ones_like(span))  # grey pixels: any hue, span 0 anyway
+    safe = span.clamp(min=1)  # whole numbers: a span is 0 (grey: any hue, span 0 anyway) or >= 1
     h6 = torch.where(top == r, (g - b) / safe, torch.where(top == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
     h6 = h6 + 6 * shift.view(-1, 1, 1)
-    k = torch.stack([h6 + 5, h6 + 3, h6 + 1], 1)  # n = 5, 3, 1 for R, G, B
+    # n = 5, 3, 1 for R, G, B, in one broadcast add (arange: no host-to-device copy on a GPU)
+    k = h6.unsqueeze(1) + (5 - 2 * torch.arange(3, device=x.device, dtype=x.dtype)).view(1, 3, 1, 1)
     k = k - 6 * torch.floor(k / 6)  # mod 6 (torch.remainder is ~15x slower on CPU)
     out = top.unsqueeze(1) - span.unsqueeze(1) * torch.minimum(k, 4 - k).clamp_(0, 1)
     return out.clamp_(0, 255).round_()
