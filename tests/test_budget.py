@@ -116,6 +116,55 @@ def test_clock_plans_then_compresses_when_behind():
     json.dumps(record)  # plain values for the manifest
 
 
+def _planned_clock(now):
+    clock = BudgetClock(budget_s=100, started=now.t, steps_per_epoch=50, batch_size=128, step_s=0.1,
+                        epoch_overhead_s=2.0, final_s=1.0, now=now)
+    clock.plan()
+    clock.freeze_plan()
+    return clock
+
+
+def test_the_first_steps_start_up_is_not_timed_into_the_live_speed():
+    # 20 steps: the first takes 5 s (start-up), the other 19 take 0.1 s, the probe's speed
+    runs = {}
+    for marked in (False, True):
+        now = FakeNow()
+        clock = _planned_clock(now)
+        planned = clock.total_steps
+        if marked:
+            clock.mark_warm(5.0, 1)
+            clock.mark_warm(9.0, 2)  # only the first call counts
+        now.t += 6.9
+        runs[marked] = clock.check(20, 0, epoch_train_s=6.9, epoch_steps=20, schedule_done=0.05)
+    # timed over all 20 steps (0.345 s each) the run looks 3.45x slow and is squeezed to what fits then
+    assert runs[False] == plan_steps(100 - 6.9, step_s=6.9 / 20, epoch_overhead_s=2.0, final_s=2.0,
+                                     steps_per_epoch=50, done_steps=20) < planned
+    # timed after the first step it runs at the probe's speed, and gets the 10% the plan held back
+    assert runs[True] == plan_steps(100 - 6.9, step_s=0.1, epoch_overhead_s=2.0, final_s=2.0,
+                                    steps_per_epoch=50, done_steps=20) > planned
+    assert clock.record()["first_step_s"] == 5.0
+
+
+@pytest.mark.parametrize("done, gain, stretched", [
+    (0.1, 1.5, True),  # 1.5x the steps fit early on: stretched to what fits at the live speed
+    (0.8, 1.5, False),  # as much room, but 80% of the schedule behind: the lr is near its floor
+    (0.6, 1.03, True),  # 3% more with 60% behind: still worth taking
+    (0.1, 1.01, False),  # 1% more: noise, not worth a replan
+])
+def test_a_run_ahead_of_its_plan_early_on_is_stretched(done, gain, stretched):
+    now = FakeNow()
+    clock = _planned_clock(now)
+    clock.mark_warm(0.1, 1)
+    now.t += 4.0
+    fit = plan_steps(100 - 4.0, step_s=0.1, epoch_overhead_s=2.0, final_s=2.0, steps_per_epoch=50, done_steps=40)
+    clock.total_steps = planned = int(fit / gain)
+    new = clock.check(40, 0, epoch_train_s=4.0, epoch_steps=40, schedule_done=done)
+    if stretched:
+        assert new == fit and clock.total_steps == fit and clock.replans[-1].old_total == planned
+    else:
+        assert new is None and clock.total_steps == planned
+
+
 def test_digits_run_with_a_small_budget_ends_on_time_with_a_finished_schedule(tmp_path):
     from pipeline.data.stage import DataConfig, run as prepare
     from pipeline.train.engine import run_training

@@ -55,6 +55,8 @@ def train_one_epoch(
     for step, (images, labels) in enumerate(loader, start=1):
         logits, loss = train_step(tr, images, labels)
         meter.add(logits, loss, labels)
+        if step == 1 and tr.budget is not None:
+            tr.budget.mark_warm(time.perf_counter() - start, 1)
         # Checking (and printing) needs a device sync, so it happens every log_every steps only.
         if step % log_every == 0 or step == steps:
             meter.check_finite(epoch, step)
