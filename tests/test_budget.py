@@ -165,6 +165,24 @@ def test_a_run_ahead_of_its_plan_early_on_is_stretched(done, gain, stretched):
         assert new is None and clock.total_steps == planned
 
 
+@pytest.mark.parametrize("measured_epochs, final_epochs", [(5.0, 5.0), (0.0, 4.0), (4.5, 4.5)])
+def test_recipe_auto_stretches_up_to_the_records_most_epochs_never_past(measured_epochs, final_epochs):
+    from pipeline.train.budget import _plan_from_records
+
+    now = FakeNow()
+    clock = BudgetClock(budget_s=100, started=now.t, steps_per_epoch=50, batch_size=128, step_s=0.1,
+                        epoch_overhead_s=2.0, final_s=1.0, now=now)
+    # auto planned 4 epochs (200 steps) from slower runs' median; the records measured up to
+    # measured_epochs (0: a config.yaml written before the field existed)
+    _plan_from_records(clock, TrainConfig(epochs=4.0, time_budget=100, recipe="auto",
+                                          recipe_max_epochs=measured_epochs))
+    assert clock.total_steps == clock.planned_steps == 200
+    clock.mark_warm(0.05, 1)
+    now.t += 3.0  # 40 steps at 0.05 s: half the planned step time, room for ~16 epochs
+    clock.check(40, 0, epoch_train_s=2.0, epoch_steps=40, schedule_done=0.2)
+    assert clock.total_steps == round(final_epochs * 50)
+
+
 def test_digits_run_with_a_small_budget_ends_on_time_with_a_finished_schedule(tmp_path):
     from pipeline.data.stage import DataConfig, run as prepare
     from pipeline.train.engine import run_training

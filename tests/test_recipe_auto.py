@@ -56,6 +56,7 @@ def test_the_best_recipe_that_fits_each_budget(board):
 def test_between_measured_counts_accuracy_is_interpolated_and_never_extrapolated(board):
     chosen = pick(board, 400)  # 20 + 50 E <= 400 -> E = 7.6
     assert chosen.config == "fast.yaml" and chosen.epochs == pytest.approx(7.6)
+    assert chosen.max_epochs == 10  # the run may stretch to the most epochs measured, if it runs fast
     assert chosen.acc == pytest.approx(0.88 + 0.02 * 2.6 / 5)
     assert expected_acc([(5, 0.88), (10, 0.90)], 12) is None and expected_acc([(5, 0.88), (10, 0.90)], 4) is None
     with pytest.raises(PipelineError, match="fits 200 s"):
@@ -132,6 +133,7 @@ def test_train_recipe_auto_runs_the_choice_and_keeps_it_in_the_config(tmp_path):
     manifest = json.loads((tmp_path / "ck" / "a" / "manifest.json").read_text())
     assert manifest["config"]["recipe"] == "auto" and manifest["config"]["recipe_note"] == lines[0]
     assert manifest["config"]["model"] == "simplenn" and manifest["config"]["epochs"] == 2
+    assert manifest["config"]["recipe_max_epochs"] == 2  # small's records measured 1 and 2 epochs
     assert manifest["budget"]["final_steps"] <= manifest["budget"]["plan"]["steps"]  # never past the records
     # A record written since (big's, replaced: it now fits and scores higher) must not switch the run
     # on --resume.

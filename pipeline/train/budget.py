@@ -236,8 +236,11 @@ def plan_budget(cfg: TrainConfig, module: nn.Module, probed: ProbeResult, data: 
 def _plan_from_records(clock: BudgetClock, cfg: TrainConfig) -> None:
     """--recipe auto: the epochs it chose from the epochs actually seen on this machine (its records),
     not from the probe, whose bare steps run faster than real epochs; the live checks still keep
-    the run inside the budget, and never take it past those epochs."""
-    clock.max_steps = clock.total_steps = total_steps(cfg.epochs, clock.steps_per_epoch)
+    the run inside the budget. A run found ahead of its plan may stretch up to the most epochs the
+    recipe's records measured (its accuracy is known there), never past: the plan comes from the
+    median speed of earlier runs, and a run going faster than that should spend the budget."""
+    clock.total_steps = total_steps(cfg.epochs, clock.steps_per_epoch)
+    clock.max_steps = total_steps(max(cfg.epochs, cfg.recipe_max_epochs), clock.steps_per_epoch)
     clock.planned_epochs = cfg.epochs
     clock.freeze_plan()
     clock.plan_line = f"budget {cfg.time_budget:g} s -> {cfg.epochs:g} epochs, as --recipe auto planned them"

@@ -149,6 +149,9 @@ class TrainConfig:
     records: str = _opt("results/leaderboard", "Folder of leaderboard records (<machine>/<run>.json) that "
                                                "--recipe auto plans from.", resumable=True)
     recipe_note: str = _opt("", "Written by --recipe auto: what it picked and why.", hidden=True, resumable=True)
+    recipe_max_epochs: float = _opt(0.0, "Written by --recipe auto: the most epochs the chosen recipe's records "
+                                         "measured (a run ahead of its plan may stretch to them, never past).",
+                                    hidden=True, resumable=True)
     workers: int = _opt(2, "Data-loader worker processes.", resumable=True)
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.", resumable=True)
     final_fit: bool = _opt(False, "Train on every labelled image (train + val split): the last fit before a "

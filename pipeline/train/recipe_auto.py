@@ -45,6 +45,7 @@ class Choice:
     seconds: float
     budget_s: float
     basis: str
+    max_epochs: float = 0.0  # the most epochs the recipe's records measured: the clock may stretch to them
 
     def line(self) -> str:
         return (f"recipe auto: {Path(self.config).stem} at {self.epochs:g} epochs (expected {100 * self.acc:.1f}% "
@@ -131,7 +132,8 @@ def choose(records: list[dict[str, Any]], machine_id: str, budget_s: float, imag
             continue
         found = best_epochs(accuracy_curve(runs, config), timing, images, budget_s)
         if found and (best is None or found[1] > best.acc):
-            best = Choice(config, found[0], found[1], found[2], budget_s, f"time: {timing.basis}")
+            best = Choice(config, found[0], found[1], found[2], budget_s, f"time: {timing.basis}",
+                          max_epochs=accuracy_curve(runs, config)[-1][0])
     if best is None:
         why = f"; no speed known here for {', '.join(unknown)}" if unknown else ""
         raise PipelineError(f"--recipe auto: no recipe in {root}/ fits {budget_s:g} s on this machine "
@@ -186,4 +188,5 @@ def resolve(cfg, config_file: str | None, flags: dict[str, Any]):
     choice = choose(records, machine_id(), cfg.time_budget, images, probe_rate, cfg.records)
     given = {k: v for k, v in flags.items() if k != "epochs"}
     chosen = resolve_flags(type(cfg), choice.config, {**given, "recipe": "auto"})
-    return dataclasses.replace(chosen, epochs=choice.epochs, recipe_note=choice.line())
+    return dataclasses.replace(chosen, epochs=choice.epochs, recipe_max_epochs=choice.max_epochs,
+                               recipe_note=choice.line())
