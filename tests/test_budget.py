@@ -165,6 +165,49 @@ def test_a_run_ahead_of_its_plan_early_on_is_stretched(done, gain, stretched):
         assert new is None and clock.total_steps == planned
 
 
+def _drive(clock, now, pieces, every=20):
+    """Train `pieces` [(steps, seconds a step)] in one epoch, checking every `every` steps as the
+    epoch loop does; returns the cumulative (training seconds, steps)."""
+    seconds, steps = 0.0, 0
+    for n, step_s in pieces:
+        for _ in range(n):
+            seconds, steps = seconds + step_s, steps + 1
+            now.t += step_s
+            if steps % every == 0:
+                clock.check(steps, 0, epoch_train_s=seconds, epoch_steps=steps, schedule_done=0.1)
+    return seconds, steps
+
+
+def test_a_stall_that_is_over_stops_counting_in_the_live_speed():
+    now = FakeNow()
+    clock = BudgetClock(budget_s=1000, started=now.t, steps_per_epoch=1000, batch_size=128, step_s=0.1,
+                        epoch_overhead_s=2.0, final_s=1.0, now=now)
+    clock.plan()
+    # 40 steps at 0.1 s, a 20-step stall at 1.0 s, then 60 steps at 0.1 s again
+    seconds, steps = _drive(clock, now, [(40, 0.1), (20, 1.0), (60, 0.1)])
+    assert seconds / steps == pytest.approx(0.25)  # the run's mean still holds the stall
+    assert clock.live_step_s(seconds, steps) == pytest.approx(0.1)  # the typical step and the last 40
+    # the plan held back 10%: stretched at the first check; squeezed during the stall, planned at
+    # the last 40 steps' 22 s; stretched back once the stall left them
+    assert [(r.at_step, round(r.step_s, 3)) for r in clock.replans] == [(20, 0.1), (60, 0.55), (100, 0.1)]
+    assert clock.replans[-1].new_total > clock.replans[-1].old_total
+    assert abs(clock.total_steps - plan_steps(1000 - seconds, step_s=0.1, epoch_overhead_s=2.0, final_s=2.0,
+                                              steps_per_epoch=1000, done_steps=120)) <= 1
+
+
+@pytest.mark.parametrize("slower, seen", [(0.3, 0.3), (0.103, 0.1)])
+def test_a_machine_that_slows_for_good_is_seen_at_once_beyond_noise(slower, seen):
+    now = FakeNow()
+    clock = BudgetClock(budget_s=1000, started=now.t, steps_per_epoch=1000, batch_size=128, step_s=0.1,
+                        epoch_overhead_s=2.0, final_s=1.0, now=now)
+    clock.plan()
+    seconds, steps = _drive(clock, now, [(100, 0.1), (40, slower)])
+    # the mean (0.157 s at 0.3) and the typical interval (0.1 s) lag; the last 40 steps say 0.3 s.
+    # 3% slower is within their noise (RECENT_NOISE): the typical step stands
+    assert clock.live_step_s(seconds, steps) == pytest.approx(seen)
+    assert clock.replans[-1].step_s == pytest.approx(seen)
+
+
 @pytest.mark.parametrize("measured_epochs, final_epochs", [(5.0, 5.0), (0.0, 4.0), (4.5, 4.5)])
 def test_recipe_auto_stretches_up_to_the_records_most_epochs_never_past(measured_epochs, final_epochs):
     from pipeline.train.budget import _plan_from_records

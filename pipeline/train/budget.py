@@ -41,10 +41,17 @@ log = logging.getLogger(__name__)
 # correct it with the speed actually seen.
 PLAN_SHARE = 0.9
 MIN_STEPS_TO_REPLAN = 5  # live steps needed before the live speed replaces the probe's
+# The live speed is the typical interval between checks (a step-weighted median: a stall that is
+# over stops counting; timed as the run's mean, 20 steps that took 65 s instead of ~21 kept a 600 s
+# auto run squeezed to its end, 32 s unused), unless the last RECENT_STEPS steps ran slower by more
+# than their noise (airbench94's 43-step epochs vary by +/-3% on the AMX Xeon): then theirs, so a
+# machine that slows for good is seen at once.
+RECENT_STEPS = 40
+RECENT_NOISE = 0.05
 # A run ahead of its plan (a pessimistic first estimate, a machine that sped up) is stretched to
 # use the budget, but only while a good part of its schedule lies ahead (stretching an lr already
-# at its floor buys nothing) and only for a gain above noise (the live speed is the mean over the
-# run, so it moves little between checks; a stretch and a squeeze in turn would be noise). At 1.05
+# at its floor buys nothing) and only for a gain above noise (a stretch and a squeeze in turn
+# would be noise). At 1.05
 # and 0.5 the 60-minute and 10-minute --recipe auto runs left 4.5% and 7% of their budgets unused.
 STRETCH_BEFORE = 0.75  # share of the schedule done
 STRETCH_MIN_GAIN = 1.02
@@ -121,6 +128,7 @@ class BudgetClock:
     # the compilation, which timed into 20 steps would squeeze the schedule at the first check.
     _warm: tuple[float, int] | None = None  # (training seconds, steps) when the first step ended
     _overheads: list[float] = field(default_factory=list)
+    _marks: list[tuple[float, int]] = field(default_factory=list)  # (training seconds, steps) at each check
 
     def plan(self) -> int:
         """Size the run from the estimates: total optimizer steps (sets planned_epochs too)."""
@@ -168,12 +176,9 @@ class BudgetClock:
         done_steps: optimizer steps taken; epoch_train_s/epoch_steps: the running epoch so far;
         schedule_done: the share of the lr schedule behind (the warp's position / its length).
         """
-        seconds, steps = self._train_s + epoch_train_s, self._train_steps + epoch_steps
-        if self._warm is not None and steps - self._warm[1] >= MIN_STEPS_TO_REPLAN:
-            seconds, steps = seconds - self._warm[0], steps - self._warm[1]
-        if steps < MIN_STEPS_TO_REPLAN:
+        step_s = self.live_step_s(self._train_s + epoch_train_s, self._train_steps + epoch_steps)
+        if step_s is None:
             return None
-        step_s = seconds / steps
         overhead = max(self._overheads) if self._overheads else self.epoch_overhead_s
         final = max(self.final_s, overhead)
         fit = plan_steps(self.budget_s - self.elapsed(), step_s=step_s, epoch_overhead_s=overhead, final_s=final,
@@ -185,6 +190,28 @@ class BudgetClock:
         self.replans.append(Replan(done_steps, self.elapsed(), self.total_steps, fit, step_s))
         self.total_steps = fit
         return fit
+
+    def live_step_s(self, seconds: float, steps: int) -> float | None:
+        """Seconds per step to plan the rest with, given the training seconds and steps so far
+        (None: too few steps yet); see RECENT_STEPS. Timed after the first step once enough follow it."""
+        start = (0.0, 0)
+        if self._warm is not None and steps - self._warm[1] >= MIN_STEPS_TO_REPLAN:
+            start = self._warm
+        if steps - start[1] < MIN_STEPS_TO_REPLAN:
+            return None
+        if not self._marks or steps > self._marks[-1][1]:
+            self._marks.append((seconds, steps))
+        marks = [start] + [m for m in self._marks if m[1] > start[1]]
+        intervals = sorted(((s1 - s0) / (n1 - n0), n1 - n0) for (s0, n0), (s1, n1) in zip(marks, marks[1:]))
+        half, seen, typical = (steps - start[1]) / 2, 0, intervals[-1][0]
+        for step_s, n in intervals:
+            seen += n
+            if seen >= half:
+                typical = step_s
+                break
+        since = next((m for m in reversed(marks) if steps - m[1] >= RECENT_STEPS), start)
+        recent = (seconds - since[0]) / (steps - since[1])
+        return recent if recent > typical * (1 + RECENT_NOISE) else typical
 
     def record(self) -> dict[str, Any]:
         """Plain values for the manifest: the budget, the plan, what happened."""
