@@ -130,10 +130,11 @@ def choose(records: list[dict[str, Any]], machine_id: str, budget_s: float, imag
         if timing is None:
             unknown.append(Path(config).stem)
             continue
-        found = best_epochs(accuracy_curve(runs, config), timing, images, budget_s)
+        curve = accuracy_curve(runs, config)
+        found = best_epochs(curve, timing, images, budget_s)
         if found and (best is None or found[1] > best.acc):
             best = Choice(config, found[0], found[1], found[2], budget_s, f"time: {timing.basis}",
-                          max_epochs=accuracy_curve(runs, config)[-1][0])
+                          max_epochs=curve[-1][0])
     if best is None:
         why = f"; no speed known here for {', '.join(unknown)}" if unknown else ""
         raise PipelineError(f"--recipe auto: no recipe in {root}/ fits {budget_s:g} s on this machine "
