@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Callable
 
@@ -176,7 +177,10 @@ class BudgetClock:
         done_steps: optimizer steps taken; epoch_train_s/epoch_steps: the running epoch so far;
         schedule_done: the share of the lr schedule behind (the warp's position / its length).
         """
-        step_s = self.live_step_s(self._train_s + epoch_train_s, self._train_steps + epoch_steps)
+        seconds, steps = self._train_s + epoch_train_s, self._train_steps + epoch_steps
+        step_s = self.live_step_s(seconds, steps)
+        if not self._marks or steps > self._marks[-1][1]:
+            self._marks.append((seconds, steps))
         if step_s is None:
             return None
         overhead = max(self._overheads) if self._overheads else self.epoch_overhead_s
@@ -199,16 +203,11 @@ class BudgetClock:
             start = self._warm
         if steps - start[1] < MIN_STEPS_TO_REPLAN:
             return None
-        if not self._marks or steps > self._marks[-1][1]:
-            self._marks.append((seconds, steps))
-        marks = [start] + [m for m in self._marks if m[1] > start[1]]
+        marks = [start, *(m for m in self._marks if start[1] < m[1] < steps), (seconds, steps)]
         intervals = sorted(((s1 - s0) / (n1 - n0), n1 - n0) for (s0, n0), (s1, n1) in zip(marks, marks[1:]))
-        half, seen, typical = (steps - start[1]) / 2, 0, intervals[-1][0]
-        for step_s, n in intervals:
-            seen += n
-            if seen >= half:
-                typical = step_s
-                break
+        half = (steps - start[1]) / 2  # the intervals' steps add up to steps - start[1]
+        typical = next(step_s for (step_s, _), seen in zip(intervals, accumulate(n for _, n in intervals))
+                       if seen >= half)
         since = next((m for m in reversed(marks) if steps - m[1] >= RECENT_STEPS), start)
         recent = (seconds - since[0]) / (steps - since[1])
         return recent if recent > typical * (1 + RECENT_NOISE) else typical
